@@ -1,0 +1,14 @@
+"""mvae_sc: multimodal variational autoencoders for single-cell multi-omics on MuData."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import datasets
+
+try:
+    __version__ = version("mvae-sc")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["datasets", "__version__"]

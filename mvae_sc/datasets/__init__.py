@@ -1,0 +1,1 @@
+"""Datasets: the synthetic mosaic simulator and registry-backed loaders."""
