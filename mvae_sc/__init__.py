@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets
+from . import datasets, metrics, pl
+from .model import MVAE
 
 try:
     __version__ = version("mvae-sc")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["datasets", "__version__"]
+__all__ = ["MVAE", "datasets", "metrics", "pl", "__version__"]

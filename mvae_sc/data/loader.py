@@ -1,0 +1,182 @@
+"""Minibatches from a registered MuData: sparse rows gathered per batch, presence masks.
+
+Matrices stay as the user has them (CSR is used as is; no dense copy of the whole data):
+each minibatch gathers its rows with vectorised CSR indexing and densifies only those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from mudata import MuData
+
+from .registry import Registry, get_values
+
+
+def _as_row_indexable(matrix):
+    """CSR for sparse input (CSC/COO are converted once), ndarray for dense input."""
+    if sp.issparse(matrix):
+        return (
+            matrix
+            if sp.isspmatrix_csr(matrix) or isinstance(matrix, sp.csr_array)
+            else sp.csr_matrix(matrix)
+        )
+    return np.asarray(matrix)
+
+
+def _row_totals(matrix, *, binary: bool) -> np.ndarray:
+    if sp.issparse(matrix):
+        if binary:
+            return np.diff(matrix.indptr).astype(np.float32)
+        return np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel().astype(np.float32)
+    return ((matrix > 0) if binary else matrix).sum(axis=1).astype(np.float32)
+
+
+class CellData:
+    """A registered MuData seen as cells × modalities, ready to be cut into minibatches.
+
+    Parameters
+    ----------
+    mdata
+        A MuData registered with ``MVAE.setup_mudata``.
+    registry
+        How to read it.
+    feature_index
+        Optional ``{modality: positions}``: the columns of the MuData to use, in the
+        model's feature order (used when a loaded model meets reordered features).
+    """
+
+    def __init__(
+        self,
+        mdata: MuData,
+        registry: Registry,
+        *,
+        feature_index: dict[str, np.ndarray] | None = None,
+    ):
+        self.registry = registry
+        self.n_cells = mdata.n_obs
+        self.obs_names = mdata.obs_names
+        self.matrices: dict[str, object] = {}
+        self.rows: dict[str, np.ndarray] = {}
+        self.library: dict[str, np.ndarray] = {}
+        self.feature_index = feature_index or {}
+        for name, spec in registry.modalities.items():
+            matrix = _as_row_indexable(get_values(mdata, name, spec.layer))
+            self.matrices[name] = matrix
+            self.rows[name] = np.asarray(mdata.obsmap[name], dtype=np.int64) - 1  # -1 = absent
+            totals = _row_totals(matrix, binary=spec.likelihood == "bernoulli")
+            library = np.zeros(self.n_cells, dtype=np.float32)
+            present = self.rows[name] >= 0
+            library[present] = totals[self.rows[name][present]]
+            self.library[name] = library
+        self.batch_index = np.zeros(self.n_cells, dtype=np.int64)
+        if registry.batch_key is not None:
+            codes = pd.Categorical(
+                mdata.obs[registry.batch_key].astype(str), categories=registry.batch_categories
+            ).codes
+            if (codes < 0).any():
+                unseen = sorted(
+                    set(mdata.obs[registry.batch_key].astype(str)) - set(registry.batch_categories)
+                )
+                raise ValueError(
+                    f"batch_key {registry.batch_key!r} has categories the model was not trained "
+                    f"on: {unseen[:5]}. Known categories: {registry.batch_categories}."
+                )
+            self.batch_index = codes.astype(np.int64)
+
+    @property
+    def n_covariates(self) -> int:
+        return len(self.registry.batch_categories)
+
+    def presence(self, name: str) -> np.ndarray:
+        """Boolean per cell: does the cell have modality ``name``."""
+        return self.rows[name] >= 0
+
+    def n_features(self, name: str) -> int:
+        if name in self.feature_index:
+            return len(self.feature_index[name])
+        return self.matrices[name].shape[1]
+
+    def dense_rows(self, name: str, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Dense float32 values of modality ``name`` for ``cells`` (zeros where absent).
+
+        Returns
+        -------
+        ``(values, present)``: ``(len(cells), n_features)`` and the boolean mask.
+        """
+        rows = self.rows[name][cells]
+        present = rows >= 0
+        out = np.zeros((len(cells), self.n_features(name)), dtype=np.float32)
+        if present.any():
+            block = self.matrices[name][rows[present]]
+            if name in self.feature_index:
+                block = block[:, self.feature_index[name]]
+            block = block.toarray() if sp.issparse(block) else np.asarray(block)
+            if self.registry.modalities[name].likelihood == "bernoulli":
+                block = block > 0
+            out[present] = block
+        return out, present
+
+    def minibatch(self, cells: np.ndarray) -> dict:
+        """The tensors of one minibatch (see :mod:`mvae_sc.nn.module` for the layout)."""
+        cells = np.asarray(cells, dtype=np.int64)
+        batch: dict = {"x": {}, "mask": {}, "library": {}, "cells": torch.from_numpy(cells)}
+        for name in self.registry.modalities:
+            values, present = self.dense_rows(name, cells)
+            batch["x"][name] = torch.from_numpy(values)
+            batch["mask"][name] = torch.from_numpy(present)
+            batch["library"][name] = torch.from_numpy(self.library[name][cells]).unsqueeze(-1)
+        if self.n_covariates:
+            batch["covariates"] = torch.nn.functional.one_hot(
+                torch.from_numpy(self.batch_index[cells]), self.n_covariates
+            ).float()
+        return batch
+
+
+class MinibatchDataset(torch.utils.data.Dataset):
+    """Map-style dataset whose items are whole minibatches: ``ds[list_of_cells]``.
+
+    Used with ``DataLoader(ds, sampler=BatchSampler(...), batch_size=None)`` so rows are
+    gathered once per minibatch in vectorised form.
+    """
+
+    def __init__(self, data: CellData, cells: np.ndarray):
+        self.data = data
+        self.cells = np.asarray(cells, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __getitem__(self, positions: Sequence[int]) -> dict:
+        return self.data.minibatch(self.cells[np.asarray(positions, dtype=np.int64)])
+
+
+def minibatch_loader(
+    data: CellData,
+    cells: np.ndarray,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    drop_last: bool = False,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader of minibatch dicts over ``cells`` (indices into ``data``)."""
+    dataset = MinibatchDataset(data, cells)
+    generator = torch.Generator().manual_seed(seed)
+    base = (
+        torch.utils.data.RandomSampler(dataset, generator=generator)
+        if shuffle
+        else torch.utils.data.SequentialSampler(dataset)
+    )
+    sampler = torch.utils.data.BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None)
+
+
+def iterate_chunks(n: int, chunk_size: int) -> Iterator[np.ndarray]:
+    """Consecutive index blocks ``[0, chunk_size), [chunk_size, 2*chunk_size), ...``."""
+    for start in range(0, n, chunk_size):
+        yield np.arange(start, min(start + chunk_size, n))

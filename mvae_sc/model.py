@@ -1,0 +1,590 @@
+"""MVAE: the user-facing model. Register a MuData, train, write results back into it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from mudata import MuData
+
+from . import model_files
+from .data.loader import CellData, iterate_chunks
+from .data.registry import UNS_KEY, Registry, build_registry
+from .nn.module import FUSIONS, MVAEModule
+from .train import HistoryCallback, KeepBestWeights, MuDataModule, TrainingPlan
+
+logger = logging.getLogger(__name__)
+
+# Lightning's advice that does not apply to in-memory minibatches gathered in-process.
+_QUIET_LIGHTNING = (
+    r".*does not have many workers.*",
+    r".*The number of training batches.*log_every_n_steps.*",
+    r".*GPU available but not used.*",
+)
+
+
+def _record(mdata: MuData, key: str, params: Mapping[str, object]) -> None:
+    """Write ``uns[key]["params"]`` (None values are left out: h5mu cannot store them)."""
+    mdata.uns[key] = {"params": {k: v for k, v in params.items() if v is not None}}
+
+
+class MVAE:
+    """Multimodal variational autoencoder on a registered MuData.
+
+    One Gaussian expert (encoder) and one decoder per modality; experts are fused by a
+    product of experts (default) or a mixture; cells that lack a modality use the
+    experts they have.
+
+    Parameters
+    ----------
+    mdata
+        A MuData registered with :meth:`setup_mudata`.
+    n_latent
+        Dimension of the shared latent space z (20: enough for tens of cell types,
+        small enough for kNN graphs).
+    n_hidden
+        Width of every hidden layer (256).
+    n_layers
+        Hidden layers per encoder and decoder (2).
+    dropout
+        Dropout in the encoders (0.1).
+    fusion
+        ``"poe"`` (product of experts, default: sharp posteriors when modalities agree),
+        ``"moe"`` (mixture: robust when a modality is unreliable) or ``"mopoe"``.
+    encode_covariates
+        Also feed the batch one-hot to the encoders (default False: decoders only, which
+        removes batch effects from z).
+
+    Examples
+    --------
+    >>> mdata = mvae_sc.datasets.synthetic_multiome(n_cells=1000, seed=0)
+    >>> mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch")
+    >>> model = mvae_sc.MVAE(mdata, n_latent=10)
+    >>> model.train(max_epochs=5)
+    >>> z = model.get_latent_representation()  # also in mdata.obsm["X_mvae"]
+    """
+
+    def __init__(
+        self,
+        mdata: MuData,
+        *,
+        n_latent: int = 20,
+        n_hidden: int = 256,
+        n_layers: int = 2,
+        dropout: float = 0.1,
+        fusion: str = "poe",
+        encode_covariates: bool = False,
+    ):
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}.")
+        for name, value in {
+            "n_latent": n_latent,
+            "n_hidden": n_hidden,
+            "n_layers": n_layers,
+        }.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+        self.mdata = mdata
+        self.registry = Registry.from_mudata(mdata)
+        self._data = CellData(mdata, self.registry)
+        self.var_names = {
+            name: mdata.mod[name].var_names.to_numpy(dtype=str) for name in self.registry.modalities
+        }
+        self.init_params = {
+            "n_latent": n_latent,
+            "n_hidden": n_hidden,
+            "n_layers": n_layers,
+            "dropout": dropout,
+            "fusion": fusion,
+            "encode_covariates": encode_covariates,
+        }
+        self.module = MVAEModule(
+            {
+                n: (len(self.var_names[n]), s.likelihood)
+                for n, s in self.registry.modalities.items()
+            },
+            n_covariates=self._data.n_covariates,
+            **self.init_params,
+        )
+        self._set_data_constants(self._data)
+        self.history = pd.DataFrame()
+        self.is_trained = False
+
+    # ---- registration ------------------------------------------------------------------
+    @staticmethod
+    def setup_mudata(
+        mdata: MuData,
+        *,
+        modalities: Mapping[str, str] | None = None,
+        layers: Mapping[str, str | None] | None = None,
+        rna_layer: str | None = None,
+        atac_layer: str | None = None,
+        batch_key: str | None = None,
+    ) -> None:
+        """Validate a MuData and record how the model reads it.
+
+        Writes only ``mdata.uns["mvae_sc"]`` (the registry as JSON); nothing else in
+        ``mdata`` changes. Raises before writing anything if the data are unusable.
+
+        Parameters
+        ----------
+        mdata
+            Cells that lack a modality are simply absent from that modality's AnnData
+            (``mdata.obsmap[mod] == 0``); no zero padding is needed.
+        modalities
+            ``{modality: likelihood}`` with likelihoods ``"nb"``, ``"zinb"``,
+            ``"poisson"``, ``"bernoulli"`` or ``"gaussian"``. Default: ``"rna"`` with
+            ``"nb"`` and ``"atac"`` with ``"bernoulli"``, whichever are present.
+        layers
+            ``{modality: layer}``; a modality not named reads ``.X``. Count likelihoods
+            need raw counts; Bernoulli binarises (any count > 0 is "accessible").
+        rna_layer, atac_layer
+            Shortcuts for ``layers={"rna": ..., "atac": ...}``.
+        batch_key
+            Column of ``mdata.obs`` with the batch (sample, lab, run) of each cell; fed
+            one-hot to the decoders so z is free of it.
+
+        Examples
+        --------
+        >>> mvae_sc.MVAE.setup_mudata(mdata, rna_layer="counts", batch_key="batch")
+        >>> mvae_sc.MVAE.setup_mudata(mdata, modalities={"rna": "zinb", "atac": "bernoulli"})
+        """
+        layers = dict(layers or {})
+        for name, layer in (("rna", rna_layer), ("atac", atac_layer)):
+            if layer is not None:
+                layers[name] = layer
+        registry = build_registry(mdata, modalities=modalities, layers=layers, batch_key=batch_key)
+        mdata.uns[UNS_KEY] = {"registry": registry.to_json()}
+
+    def _set_data_constants(self, data: CellData) -> None:
+        """Standardisation constants from the data (Gaussian features, Bernoulli depth)."""
+        with torch.no_grad():
+            for name, spec in self.registry.modalities.items():
+                if spec.likelihood == "gaussian":
+                    loc, scale = _feature_moments(data, name)
+                    getattr(self.module, f"loc_{name}").copy_(torch.from_numpy(loc))
+                    getattr(self.module, f"scale_{name}").copy_(torch.from_numpy(scale))
+                if spec.likelihood == "bernoulli":
+                    log_depth = np.log1p(data.library[name][data.presence(name)])
+                    getattr(self.module, f"depth_loc_{name}").fill_(float(log_depth.mean()))
+                    getattr(self.module, f"depth_scale_{name}").fill_(
+                        float(max(log_depth.std(), 1e-3))
+                    )
+
+    # ---- training ----------------------------------------------------------------------
+    def train(
+        self,
+        *,
+        max_epochs: int | None = None,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-6,
+        train_size: float = 0.9,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 20,
+        n_epochs_kl_warmup: int | None = None,
+        accelerator: str = "auto",
+        devices: int | str | Sequence[int] = "auto",
+        seed: int = 0,
+        enable_progress_bar: bool = True,
+        **trainer_kwargs,
+    ) -> None:
+        """Train with PyTorch Lightning; restores the weights of the best validation epoch.
+
+        Parameters
+        ----------
+        max_epochs
+            Default: ``min(400, max(50, round(250_000 / n_cells)))`` — about 50k
+            minibatch steps' worth of data for small sets, fewer passes for large ones;
+            early stopping usually ends sooner.
+        batch_size
+            Cells per minibatch (256).
+        lr, weight_decay
+            AdamW settings (1e-3, 1e-6).
+        train_size
+            Fraction of cells for training; the rest is the validation set monitored by
+            early stopping (0.9). Use 1.0 to train on everything (no early stopping).
+        early_stopping, early_stopping_patience
+            Stop when the validation loss (negative ELBO) has not improved for this many
+            epochs (20).
+        n_epochs_kl_warmup
+            Epochs over which the KL weight rises from 0 to 1 (default: a quarter of
+            ``max_epochs``, at most 50).
+        accelerator, devices
+            Passed to ``lightning.pytorch.Trainer``; ``"auto"`` uses a GPU when present.
+        seed
+            Seeds torch, numpy and the train/validation split.
+        enable_progress_bar
+            Lightning's progress bar.
+        **trainer_kwargs
+            Any other ``lightning.pytorch.Trainer`` argument (they take precedence).
+
+        Examples
+        --------
+        >>> model.train(max_epochs=100, batch_size=512)
+        >>> model.history[["train_loss", "validation_loss"]].plot()
+        """
+        if not 0 < train_size <= 1:
+            raise ValueError(f"train_size must be in (0, 1], got {train_size!r}.")
+        if batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2, got {batch_size!r}.")
+        n_cells = self._data.n_cells
+        if max_epochs is None:
+            max_epochs = int(min(400, max(50, round(250_000 / n_cells))))
+        if n_epochs_kl_warmup is None:
+            n_epochs_kl_warmup = min(50, max(1, max_epochs // 4))
+        pl.seed_everything(seed, verbose=False)
+        datamodule = MuDataModule(
+            self._data, train_size=train_size, batch_size=batch_size, seed=seed
+        )
+        n_train = n_cells if train_size >= 1 else math.ceil(train_size * n_cells)
+        steps_per_epoch = max(1, n_train // batch_size)
+        plan = TrainingPlan(
+            self.module,
+            lr=lr,
+            weight_decay=weight_decay,
+            n_steps_kl_warmup=n_epochs_kl_warmup * steps_per_epoch,
+        )
+        validate = train_size < 1
+        history = HistoryCallback()
+        callbacks: list[pl.Callback] = [history]
+        if validate:
+            callbacks.append(KeepBestWeights("validation_loss"))
+            if early_stopping:
+                callbacks.append(
+                    pl.callbacks.EarlyStopping(
+                        "validation_loss", patience=early_stopping_patience, mode="min"
+                    )
+                )
+        options = {
+            "max_epochs": max_epochs,
+            "accelerator": accelerator,
+            "devices": devices,
+            "callbacks": callbacks,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_model_summary": False,
+            "enable_progress_bar": enable_progress_bar,
+            "num_sanity_val_steps": 0,
+            "limit_val_batches": 1.0 if validate else 0,
+            "gradient_clip_val": 10.0,
+        }
+        options.update(trainer_kwargs)
+        trainer = pl.Trainer(**options)
+        with warnings.catch_warnings():
+            for pattern in _QUIET_LIGHTNING:
+                warnings.filterwarnings("ignore", message=pattern)
+            trainer.fit(plan, datamodule=datamodule)
+        self.module.eval()
+        self.history = (
+            pd.DataFrame(history.rows).set_index("epoch") if history.rows else pd.DataFrame()
+        )
+        self.is_trained = True
+
+    # ---- inference ---------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def _data_for(self, mdata: MuData | None) -> tuple[MuData, CellData]:
+        if mdata is None or mdata is self.mdata:
+            return self.mdata, self._data
+        return mdata, self._cell_data(mdata)
+
+    def _cell_data(self, mdata: MuData) -> CellData:
+        """Validate another MuData against this model's features and read it."""
+        reg = self.registry
+        build_registry(
+            mdata,
+            modalities={n: s.likelihood for n, s in reg.modalities.items()},
+            layers={n: s.layer for n, s in reg.modalities.items()},
+            batch_key=reg.batch_key,
+        )
+        return CellData(mdata, reg, feature_index=self._feature_index(mdata))
+
+    def _feature_index(self, mdata: MuData) -> dict[str, np.ndarray]:
+        """Columns of ``mdata`` in the model's feature order; error if features differ."""
+        index: dict[str, np.ndarray] = {}
+        for name, expected in self.var_names.items():
+            found = mdata.mod[name].var_names
+            if len(found) == len(expected) and (found == expected).all():
+                continue
+            positions = found.get_indexer(expected)
+            missing = expected[positions < 0]
+            extra = len(found) - int((positions >= 0).sum())
+            if len(missing) or extra:
+                raise ValueError(
+                    f"Modality {name!r} does not have the features the model was trained on: "
+                    f"{len(missing)} missing (e.g. {missing[:5].tolist()}), {extra} not known to "
+                    f"the model. Subset the MuData to the model's features "
+                    f"(`model.var_names[{name!r}]`) or train a new model."
+                )
+            index[name] = positions
+        return index
+
+    def _minibatches(self, data: CellData, batch_size: int):
+        for cells in iterate_chunks(data.n_cells, batch_size):
+            batch = data.minibatch(cells)
+            yield cells, _to_device(batch, self.device)
+
+    def _check_modalities(self, names: Sequence[str], what: str) -> list[str]:
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in self.registry.modalities]
+        if unknown or not names:
+            raise ValueError(
+                f"{what} must name registered modalities {self.registry.modality_names}; got {names}."
+            )
+        return names
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        mdata: MuData | None = None,
+        *,
+        modality: str | Sequence[str] | None = None,
+        key_added: str | None = None,
+        batch_size: int = 1024,
+    ) -> np.ndarray:
+        """Posterior mean of z for every cell; written to ``mdata.obsm`` and returned.
+
+        Parameters
+        ----------
+        mdata
+            Default: the MuData the model was built on. Another MuData must have the same
+            features (reordered is fine).
+        modality
+            None: fuse every modality the cell has (``obsm["X_mvae"]``). A modality name
+            (or list): use only those experts (``obsm["X_mvae_<mod>"]``); cells without
+            any of them get NaN rows.
+        key_added
+            The ``obsm`` key to write (default above). Parameters go to
+            ``uns[key_added]["params"]``.
+        batch_size
+            Cells per chunk.
+
+        Returns
+        -------
+        ``(n_obs, n_latent)`` float32 array, in ``mdata.obs_names`` order.
+
+        Examples
+        --------
+        >>> model.get_latent_representation()
+        >>> sc.pp.neighbors(mdata, use_rep="X_mvae")
+        >>> model.get_latent_representation(modality="rna")  # obsm["X_mvae_rna"]
+        """
+        mdata, data = self._data_for(mdata)
+        sources = None if modality is None else self._check_modalities(modality, "modality")
+        if key_added is None:
+            key_added = "X_mvae" if sources is None else "X_mvae_" + "_".join(sources)
+        self.module.eval()
+        latent = np.empty((data.n_cells, self.module.n_latent), dtype=np.float32)
+        for cells, batch in self._minibatches(data, batch_size):
+            mu, logvar, presence = self.module.encode(batch, modalities=sources)
+            z = self.module.fused_mean(mu, logvar, presence)
+            z = torch.where(presence.any(0).unsqueeze(-1), z, torch.nan)
+            latent[cells] = z.cpu().numpy()
+        mdata.obsm[key_added] = latent
+        _record(mdata, key_added, {"modality": sources, "fusion": self.module.fusion})
+        return latent
+
+    @torch.inference_mode()
+    def impute(
+        self,
+        target: str,
+        *,
+        mdata: MuData | None = None,
+        from_: str | Sequence[str] | None = None,
+        features: Sequence[str] | None = None,
+        key_added: str | None = None,
+        library_size: float = 1e4,
+        batch_size: int = 512,
+    ) -> np.ndarray:
+        """Decode modality ``target`` for every cell from the modalities it has.
+
+        Values are depth-free: normalised expression scaled to ``library_size`` counts
+        per cell for count likelihoods, accessibility probability for Bernoulli, and
+        values on the original scale for Gaussian features. Decoding uses each cell's
+        own batch.
+
+        Parameters
+        ----------
+        target
+            The modality to impute.
+        mdata
+            Default: the model's MuData.
+        from_
+            The source modalities (default: every modality the cell has, the target
+            included when present — a denoised value). Cells with none of them get NaN.
+        features
+            Subset of the target's features (default all), in the order given.
+        key_added
+            ``obsm`` key (default ``"imputed_<target>"``); the feature names and
+            parameters go to ``uns[key_added]["params"]``.
+        library_size
+            Counts per cell for count likelihoods (1e4: counts per 10k).
+        batch_size
+            Cells per chunk.
+
+        Returns
+        -------
+        ``(n_obs, n_features)`` float32 array.
+
+        Examples
+        --------
+        >>> model.impute("atac")                    # obsm["imputed_atac"], every cell
+        >>> model.impute("rna", from_=["atac"], features=["CD3E", "MS4A1"])
+        """
+        mdata, data = self._data_for(mdata)
+        (target,) = self._check_modalities([target], "target")
+        sources = None if from_ is None else self._check_modalities(from_, "from_")
+        names = self.var_names[target]
+        if features is None:
+            columns = np.arange(len(names))
+        else:
+            features = [features] if isinstance(features, str) else list(features)
+            columns = pd.Index(names).get_indexer(features)
+            if (columns < 0).any():
+                missing = [f for f, c in zip(features, columns, strict=True) if c < 0]
+                raise ValueError(f"features not in modality {target!r}: {missing[:10]}.")
+        key_added = key_added or f"imputed_{target}"
+        likelihood = self.registry.modalities[target].likelihood
+        decoder = self.module.decoders[target]
+        column_index = torch.as_tensor(columns, device=self.device)
+        self.module.eval()
+        out = np.empty((data.n_cells, len(columns)), dtype=np.float32)
+        for cells, batch in self._minibatches(data, batch_size):
+            mu, logvar, presence = self.module.encode(batch, modalities=sources)
+            z = self.module.fused_mean(mu, logvar, presence)
+            values = decoder.normalized_mean(z, batch.get("covariates"))
+            if likelihood == "gaussian":
+                values = self.module.unstandardize(target, values)
+            elif likelihood != "bernoulli":
+                values = values * library_size
+            values = values[:, column_index]
+            values = torch.where(presence.any(0).unsqueeze(-1), values, torch.nan)
+            out[cells] = values.cpu().numpy()
+        mdata.obsm[key_added] = out
+        _record(
+            mdata,
+            key_added,
+            {
+                "target": target,
+                "from": sources,
+                "features": names[columns].tolist(),
+                "library_size": library_size
+                if likelihood not in ("bernoulli", "gaussian")
+                else None,
+            },
+        )
+        return out
+
+    # ---- persistence -------------------------------------------------------------------
+    def save(self, dir_path: str | Path, *, overwrite: bool = False) -> None:
+        """Save weights (safetensors) and configuration (JSON) into a directory.
+
+        Nothing in the saved files is executable: loading never unpickles.
+
+        Examples
+        --------
+        >>> model.save("model_dir")
+        >>> model2 = mvae_sc.MVAE.load("model_dir", mdata)
+        """
+        config = {
+            "registry": self.registry.to_json(),
+            "init_params": self.init_params,
+            "var_names": {k: v.tolist() for k, v in self.var_names.items()},
+            "history": self.history.reset_index().to_dict(orient="list")
+            if len(self.history)
+            else {},
+            "is_trained": self.is_trained,
+        }
+        model_files.write(dir_path, self.module.state_dict(), config, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, dir_path: str | Path, mdata: MuData) -> MVAE:
+        """Load a model saved with :meth:`save` onto ``mdata``.
+
+        ``mdata`` must hold the model's modalities with the same features (the same
+        names; another order is reordered) and no batch the model has not seen. It does
+        not need to be registered; the model's registry is used and ``mdata`` is not
+        modified.
+
+        Examples
+        --------
+        >>> model = mvae_sc.MVAE.load("model_dir", mdata)
+        >>> model.get_latent_representation()
+        """
+        state, config = model_files.read(dir_path)
+        registry = Registry.from_json(config["registry"])
+        model = cls.__new__(cls)
+        model.registry = registry
+        model.var_names = {k: np.asarray(v, dtype=str) for k, v in config["var_names"].items()}
+        model.init_params = dict(config["init_params"])
+        missing = [n for n in registry.modalities if n not in getattr(mdata, "mod", {})]
+        if missing:
+            raise ValueError(
+                f"The MuData lacks modalities {missing} that the model was trained on."
+            )
+        model.mdata = mdata
+        model._data = model._cell_data(mdata)
+        model.module = MVAEModule(
+            {n: (len(model.var_names[n]), s.likelihood) for n, s in registry.modalities.items()},
+            n_covariates=len(registry.batch_categories),
+            **model.init_params,
+        )
+        try:
+            model.module.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(
+                f"The weights in {dir_path} do not match the saved configuration: {err}"
+            ) from err
+        model.module.eval()
+        model.history = pd.DataFrame(config.get("history") or {})
+        if "epoch" in model.history:
+            model.history = model.history.set_index("epoch")
+        model.is_trained = bool(config.get("is_trained", True))
+        return model
+
+    def __repr__(self) -> str:
+        mods = ", ".join(f"{n}: {s.likelihood}" for n, s in self.registry.modalities.items())
+        return (
+            f"MVAE({mods}; fusion={self.module.fusion}, n_latent={self.module.n_latent}, "
+            f"n_cells={self._data.n_cells}, trained={self.is_trained})"
+        )
+
+
+def _feature_moments(data: CellData, name: str, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation over the cells that have the modality."""
+    cells = np.flatnonzero(data.presence(name))
+    total = np.zeros(data.n_features(name))
+    total_sq = np.zeros_like(total)
+    for block in iterate_chunks(len(cells), chunk):
+        values, _ = data.dense_rows(name, cells[block])
+        total += values.sum(0)
+        total_sq += (values.astype(np.float64) ** 2).sum(0)
+    mean = total / len(cells)
+    std = np.sqrt(np.maximum(total_sq / len(cells) - mean**2, 0))
+    std[std < 1e-6] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    if device.type == "cpu":
+        return batch
+    return {
+        k: (
+            {n: t.to(device, non_blocking=True) for n, t in v.items()}
+            if isinstance(v, dict)
+            else v.to(device)
+        )
+        for k, v in batch.items()
+    }

@@ -1,0 +1,197 @@
+"""Per-modality encoders (Gaussian experts over z) and decoders (likelihoods over x)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import Distribution, Normal
+
+from . import likelihoods as lik
+
+LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
+
+
+class MLP(nn.Module):
+    """Linear → LayerNorm → ReLU → Dropout blocks; covariates are fed to every block.
+
+    Parameters
+    ----------
+    n_in, n_out
+        Input and output widths.
+    n_covariates
+        Width of the covariate vector (one-hot batches, continuous covariates) that is
+        concatenated to the input of every block; 0 for none.
+    n_layers
+        Number of blocks.
+    dropout
+        Dropout rate after each block.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        *,
+        n_covariates: int = 0,
+        n_layers: int = 1,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        widths = [n_in] + [n_out] * n_layers
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "linear": nn.Linear(w_in + n_covariates, w_out),
+                    "norm": nn.LayerNorm(w_out),
+                    "dropout": nn.Dropout(dropout),
+                }
+            )
+            for w_in, w_out in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.n_covariates = n_covariates
+
+    def forward(self, x: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            if self.n_covariates:
+                x = torch.cat([x, covariates], dim=-1)
+            x = block["dropout"](torch.relu(block["norm"](block["linear"](x))))
+        return x
+
+
+class Encoder(nn.Module):
+    """A Gaussian expert q_m(z | x_m) = N(mu, diag(exp(logvar))).
+
+    The input transform depends on the likelihood: counts are depth-normalised and
+    log1p-transformed (``log1p(1e4 * x / library)``), binary data are used as they are,
+    and Gaussian features arrive already standardised.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_latent: int,
+        *,
+        likelihood: str,
+        n_hidden: int = 256,
+        n_layers: int = 2,
+        n_covariates: int = 0,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.likelihood = likelihood
+        self.body = MLP(
+            n_input, n_hidden, n_covariates=n_covariates, n_layers=n_layers, dropout=dropout
+        )
+        self.mean = nn.Linear(n_hidden, n_latent)
+        self.logvar = nn.Linear(n_hidden, n_latent)
+
+    def forward(
+        self, x: torch.Tensor, library: torch.Tensor, covariates: torch.Tensor | None = None
+    ) -> Normal:
+        # x: (B, G); library: (B, 1)
+        if self.likelihood in lik.COUNT_LIKELIHOODS:
+            x = torch.log1p(1e4 * x / library.clamp(min=1.0))
+        h = self.body(x, covariates)
+        logvar = self.logvar(h).clamp(LOGVAR_MIN, LOGVAR_MAX)
+        return Normal(self.mean(h), torch.exp(0.5 * logvar))
+
+
+class Decoder(nn.Module):
+    """p(x_m | z, covariates) with the modality's likelihood.
+
+    * ``nb`` / ``zinb`` / ``poisson``: ``mean = library * softmax(W h)``; NB inverse
+      dispersion is learned per feature; ZINB adds per-entry dropout logits.
+    * ``bernoulli``: ``p = sigmoid(W h) * region_factor * cell_factor`` where
+      ``region_factor = sigmoid(r)`` is learned per feature and ``cell_factor`` is a
+      learned monotone function of the cell's standardised log-depth (``None`` depth gives
+      a cell factor of 1: "normalised accessibility").
+    * ``gaussian``: ``Normal(W h, var)`` with a learned per-feature variance, on
+      standardised features.
+    """
+
+    def __init__(
+        self,
+        n_latent: int,
+        n_output: int,
+        *,
+        likelihood: str,
+        n_hidden: int = 256,
+        n_layers: int = 2,
+        n_covariates: int = 0,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if likelihood not in lik.LIKELIHOODS:
+            raise ValueError(f"Unknown likelihood {likelihood!r}; choose from {lik.LIKELIHOODS}.")
+        self.likelihood = likelihood
+        self.body = MLP(
+            n_latent, n_hidden, n_covariates=n_covariates, n_layers=n_layers, dropout=dropout
+        )
+        self.head = nn.Linear(n_hidden + n_covariates, n_output)
+        if likelihood in ("nb", "zinb"):
+            self.log_theta = nn.Parameter(torch.full((n_output,), 1.0))
+        if likelihood == "zinb":
+            self.zi_head = nn.Linear(n_hidden + n_covariates, n_output)
+        if likelihood == "bernoulli":
+            self.region_logit = nn.Parameter(torch.full((n_output,), 2.0))
+            self.depth_slope = nn.Parameter(torch.tensor(1.0))
+            self.depth_offset = nn.Parameter(torch.tensor(2.0))
+        if likelihood == "gaussian":
+            self.logvar = nn.Parameter(torch.zeros(n_output))
+
+    def _features(self, z: torch.Tensor, covariates: torch.Tensor | None) -> torch.Tensor:
+        h = self.body(z, covariates)
+        if self.body.n_covariates:
+            h = torch.cat([h, covariates], dim=-1)
+        return h
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        *,
+        library: torch.Tensor | None,
+        covariates: torch.Tensor | None = None,
+    ) -> Distribution:
+        """Return the distribution of x given z.
+
+        Parameters
+        ----------
+        z
+            ``(B, n_latent)``.
+        library
+            Count likelihoods: total counts per cell ``(B, 1)``. Bernoulli: standardised
+            log-depth ``(B, 1)`` for the cell factor, or None for normalised
+            accessibility. Ignored for Gaussian.
+        covariates
+            ``(B, n_covariates)`` or None.
+        """
+        h = self._features(z, covariates)
+        out = self.head(h)
+        if self.likelihood in ("nb", "zinb", "poisson"):
+            mu = library * torch.softmax(out, dim=-1)
+            if self.likelihood == "poisson":
+                return lik.poisson(mu)
+            theta = torch.exp(self.log_theta)
+            if self.likelihood == "nb":
+                return lik.NegativeBinomial(mu, theta)
+            return lik.ZeroInflatedNegativeBinomial(mu, theta, self.zi_head(h))
+        if self.likelihood == "bernoulli":
+            probs = torch.sigmoid(out) * torch.sigmoid(self.region_logit)
+            if library is not None:
+                probs = probs * torch.sigmoid(self.depth_slope * library + self.depth_offset)
+            return lik.bernoulli(probs)
+        return lik.gaussian(out, torch.exp(self.logvar).expand_as(out))
+
+    def normalized_mean(self, z: torch.Tensor, covariates: torch.Tensor | None) -> torch.Tensor:
+        """Depth-free expected value: expression fractions (counts), accessibility
+        probability (Bernoulli), or the mean (Gaussian, standardised scale)."""
+        h = self._features(z, covariates)
+        out = self.head(h)
+        if self.likelihood in ("nb", "zinb", "poisson"):
+            scale = torch.softmax(out, dim=-1)
+            if self.likelihood == "zinb":
+                scale = scale * (1 - torch.sigmoid(self.zi_head(h)))
+            return scale
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(out) * torch.sigmoid(self.region_logit)
+        return out

@@ -1,0 +1,149 @@
+"""Fusion rules: how per-modality Gaussian experts become one posterior over z.
+
+Experts are stacked: ``mu`` and ``logvar`` are ``(n_modalities, n_cells, n_latent)``
+and ``presence_mask`` is ``(n_modalities, n_cells)`` (True where the cell has the
+modality). A missing expert never contributes: its values are replaced, not multiplied,
+so NaN or garbage behind the mask cannot leak into the result.
+
+* :func:`poe` — product of the present experts and the prior expert N(0, I):
+  precision ``T = 1 + sum_m 1/var_m``; mean ``(sum_m mu_m/var_m) / T``.
+* :func:`moe` — uniform mixture over the present experts.
+* :func:`mopoe` — uniform mixture over the PoEs of the non-empty subsets of the
+  present experts.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+
+def _masked(value: torch.Tensor, presence_mask: torch.Tensor) -> torch.Tensor:
+    """Zero out (by replacement) the entries of absent experts. (M, B, D) -> (M, B, D)."""
+    return torch.where(presence_mask.unsqueeze(-1), value, torch.zeros_like(value))
+
+
+def poe(
+    mu: torch.Tensor, logvar: torch.Tensor, presence_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Product of the present Gaussian experts and a standard normal prior expert.
+
+    Parameters
+    ----------
+    mu, logvar
+        Expert means and log-variances, ``(M, B, D)``.
+    presence_mask
+        ``(M, B)`` boolean; False experts add zero precision.
+
+    Returns
+    -------
+    The fused mean and log-variance, each ``(B, D)``. A cell with no present expert
+    gets the prior N(0, I).
+
+    Examples
+    --------
+    >>> mu, logvar = torch.zeros(2, 1, 3), torch.zeros(2, 1, 3)
+    >>> m, lv = poe(mu, logvar, torch.tensor([[True], [True]]))
+    >>> torch.allclose(lv.exp(), torch.full((1, 3), 1 / 3))
+    True
+    """
+    precision = _masked(torch.exp(-logvar), presence_mask)  # (M, B, D)
+    weighted_mu = _masked(mu, presence_mask) * precision
+    total_precision = 1.0 + precision.sum(0)  # prior precision is 1
+    fused_mu = weighted_mu.sum(0) / total_precision
+    return fused_mu, -torch.log(total_precision)
+
+
+def poe_weights(logvar: torch.Tensor, presence_mask: torch.Tensor) -> torch.Tensor:
+    """Each expert's share of the fused PoE precision, averaged over latent dimensions.
+
+    ``w_m = mean_d (1/var_md) / (1 + sum_k 1/var_kd)``; absent experts get 0, and the
+    weights of a cell sum to less than 1 (the rest is the prior's share).
+
+    Returns
+    -------
+    ``(M, B)`` weights in [0, 1).
+    """
+    precision = _masked(torch.exp(-logvar), presence_mask)
+    return (precision / (1.0 + precision.sum(0))).mean(-1)
+
+
+def subsets(n_modalities: int) -> list[tuple[int, ...]]:
+    """All non-empty subsets of ``range(n_modalities)``, smallest first."""
+    return [
+        combo
+        for size in range(1, n_modalities + 1)
+        for combo in itertools.combinations(range(n_modalities), size)
+    ]
+
+
+def subset_mask(presence_mask: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+    """Which subsets are fully present for each cell.
+
+    Returns
+    -------
+    ``(S, B)`` boolean mask (subset s present in cell b) and the list of subsets.
+    """
+    all_subsets = subsets(presence_mask.shape[0])
+    rows = [presence_mask[list(s)].all(0) for s in all_subsets]
+    return torch.stack(rows), all_subsets
+
+
+def mopoe_components(
+    mu: torch.Tensor, logvar: torch.Tensor, presence_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The PoE of every non-empty subset, and which of them are available per cell.
+
+    Returns
+    -------
+    ``mu_s``, ``logvar_s`` of shape ``(S, B, D)`` and the availability mask ``(S, B)``.
+    """
+    available, all_subsets = subset_mask(presence_mask)
+    mus, logvars = [], []
+    for s in all_subsets:
+        member = torch.zeros_like(presence_mask)
+        member[list(s)] = True
+        m, lv = poe(mu, logvar, presence_mask & member)
+        mus.append(m)
+        logvars.append(lv)
+    return torch.stack(mus), torch.stack(logvars), available
+
+
+def mixture_weights(available: torch.Tensor) -> torch.Tensor:
+    """Uniform mixture weights over the available components. ``(K, B) -> (K, B)``."""
+    counts = available.sum(0, keepdim=True).clamp(min=1)
+    return available.float() / counts
+
+
+def mixture_mean(mu: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    """Mean of a uniform mixture of the available Gaussian components, ``(B, D)``."""
+    weights = mixture_weights(available).unsqueeze(-1)
+    return (weights * _masked(mu, available)).sum(0)
+
+
+def moe(
+    mu: torch.Tensor, logvar: torch.Tensor, presence_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Uniform mixture of the present experts.
+
+    Returns
+    -------
+    The components ``(mu, logvar)`` unchanged ``(M, B, D)`` and the mixture weights
+    ``(M, B)``: ``1/|S|`` for present experts, 0 for absent ones.
+    """
+    return mu, logvar, mixture_weights(presence_mask)
+
+
+def mopoe(
+    mu: torch.Tensor, logvar: torch.Tensor, presence_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Uniform mixture over the PoEs of the non-empty subsets of the present experts.
+
+    Returns
+    -------
+    Component means and log-variances ``(S, B, D)`` (S = 2**M - 1 subsets) and the
+    mixture weights ``(S, B)``: uniform over the subsets whose members are all present.
+    """
+    mu_s, logvar_s, available = mopoe_components(mu, logvar, presence_mask)
+    return mu_s, logvar_s, mixture_weights(available)

@@ -1,0 +1,314 @@
+"""MVAEModule: inference → fusion → generative → loss (the ELBO), in plain torch.
+
+A minibatch is a dict (built by :mod:`mvae_sc.data.loader`):
+
+* ``x[mod]``: ``(B, G_mod)`` float values (zeros where the cell lacks the modality),
+* ``mask[mod]``: ``(B,)`` bool, True where the cell has the modality,
+* ``library[mod]``: ``(B, 1)`` total counts of the modality (depth),
+* ``covariates``: ``(B, C)`` one-hot batches and continuous covariates, or absent.
+
+The objective is a sum over *posterior components* k, each with a per-cell weight
+``w_k`` (zero where the component is unavailable)::
+
+    ELBO = sum_k w_k * ( sum_{m present} log p(x_m | z_k) - KL_k ),   z_k ~ q_k
+
+* ``poe``: the joint PoE posterior (w = 1) plus, for cells with two or more
+  modalities, each single-expert posterior ``q_m ⊗ prior`` (w = 1): the sub-sampled
+  MVAE objective that makes one modality alone give a usable posterior. KL in closed
+  form.
+* ``moe``: the single experts ``q_m ⊗ prior`` of the present modalities, w = 1/|S|
+  (stratified sampling, one z per expert); ``KL_k = log q_mix(z_k) - log p(z_k)``.
+* ``mopoe``: the PoEs of all non-empty subsets of the present modalities, w =
+  1/(number of such subsets), KL as for ``moe``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+from . import fusion as fu
+from .experts import Decoder, Encoder
+
+FUSIONS = ("poe", "moe", "mopoe")
+
+
+@dataclass
+class Posterior:
+    """Gaussian posterior components over z with their per-cell weights.
+
+    ``mu``/``logvar``: (K, B, D); ``weight``: (K, B); ``mixture``: whether the components
+    form one mixture posterior (MoE/MoPoE) or separate objectives (PoE).
+    """
+
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    weight: torch.Tensor
+    mixture: bool
+
+
+def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed over the last dimension."""
+    return -0.5 * (((z - mu) ** 2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
+
+
+def mixture_kl_sample(
+    z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Single-sample estimate ``log q_mix(z) - log N(z; 0, I)`` for a mixture posterior.
+
+    Parameters
+    ----------
+    z
+        ``(B, D)`` a sample.
+    mu, logvar
+        ``(K, B, D)`` mixture components.
+    weight
+        ``(K, B)`` mixture weights (rows sum to 1 over available components).
+    """
+    log_components = _log_normal(z.unsqueeze(0), mu, logvar)  # (K, B)
+    log_w = torch.log(weight.clamp(min=1e-30))
+    log_q = torch.logsumexp(torch.where(weight > 0, log_w + log_components, -torch.inf), dim=0)
+    log_p = _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
+    return log_q - log_p
+
+
+class MVAEModule(nn.Module):
+    """Multimodal VAE over any number of named modalities.
+
+    Parameters
+    ----------
+    modalities
+        ``{name: (n_features, likelihood)}``, in a fixed order.
+    n_latent, n_hidden, n_layers, dropout
+        Architecture of every encoder and decoder.
+    n_covariates
+        Width of the covariate vector fed to decoders (and encoders if
+        ``encode_covariates``).
+    fusion
+        ``"poe"``, ``"moe"`` or ``"mopoe"``.
+    """
+
+    def __init__(
+        self,
+        modalities: dict[str, tuple[int, str]],
+        *,
+        n_latent: int = 20,
+        n_hidden: int = 256,
+        n_layers: int = 2,
+        dropout: float = 0.1,
+        n_covariates: int = 0,
+        encode_covariates: bool = False,
+        fusion: str = "poe",
+    ):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}.")
+        self.modality_names = list(modalities)
+        self.likelihoods = {name: lk for name, (_, lk) in modalities.items()}
+        self.n_latent = n_latent
+        self.fusion = fusion
+        self.encode_covariates = encode_covariates
+        self.encoders = nn.ModuleDict(
+            {
+                name: Encoder(
+                    n_features,
+                    n_latent,
+                    likelihood=lk,
+                    n_hidden=n_hidden,
+                    n_layers=n_layers,
+                    n_covariates=n_covariates if encode_covariates else 0,
+                    dropout=dropout,
+                )
+                for name, (n_features, lk) in modalities.items()
+            }
+        )
+        self.decoders = nn.ModuleDict(
+            {
+                name: Decoder(
+                    n_latent,
+                    n_features,
+                    likelihood=lk,
+                    n_hidden=n_hidden,
+                    n_layers=n_layers,
+                    n_covariates=n_covariates,
+                )
+                for name, (n_features, lk) in modalities.items()
+            }
+        )
+        # Standardisation constants, set from the data by the model wrapper and saved
+        # with the weights: per-feature location/scale of Gaussian modalities, and the
+        # location/scale of log-depth for Bernoulli cell factors.
+        for name, (n_features, lk) in modalities.items():
+            if lk == "gaussian":
+                self.register_buffer(f"loc_{name}", torch.zeros(n_features))
+                self.register_buffer(f"scale_{name}", torch.ones(n_features))
+            if lk == "bernoulli":
+                self.register_buffer(f"depth_loc_{name}", torch.zeros(()))
+                self.register_buffer(f"depth_scale_{name}", torch.ones(()))
+
+    # ---- data transforms -------------------------------------------------------------
+    def standardize(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Gaussian modalities: (x - loc) / scale; other modalities unchanged."""
+        if self.likelihoods[name] != "gaussian":
+            return x
+        return (x - getattr(self, f"loc_{name}")) / getattr(self, f"scale_{name}")
+
+    def unstandardize(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`standardize`."""
+        if self.likelihoods[name] != "gaussian":
+            return x
+        return x * getattr(self, f"scale_{name}") + getattr(self, f"loc_{name}")
+
+    def decoder_library(self, name: str, library: torch.Tensor | None) -> torch.Tensor | None:
+        """What a decoder gets as depth: counts as they are, Bernoulli as standardised
+        log-depth, Gaussian nothing."""
+        lk = self.likelihoods[name]
+        if library is None or lk == "gaussian":
+            return None
+        if lk == "bernoulli":
+            loc, scale = getattr(self, f"depth_loc_{name}"), getattr(self, f"depth_scale_{name}")
+            return (torch.log1p(library) - loc) / scale
+        return library
+
+    # ---- inference ---------------------------------------------------------------------
+    def encode(
+        self, batch: dict, modalities: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run every expert.
+
+        Returns
+        -------
+        ``mu``, ``logvar`` of shape ``(M, B, D)`` and the presence mask ``(M, B)``, in
+        ``self.modality_names`` order. Modalities not in ``modalities`` (when given) are
+        masked out as if absent.
+        """
+        covariates = batch.get("covariates") if self.encode_covariates else None
+        mus, logvars, masks = [], [], []
+        for name in self.modality_names:
+            qz = self.encoders[name](
+                self.standardize(name, batch["x"][name]), batch["library"][name], covariates
+            )
+            mus.append(qz.loc)
+            logvars.append(2 * torch.log(qz.scale))
+            present = batch["mask"][name]
+            if modalities is not None and name not in modalities:
+                present = torch.zeros_like(present)
+            masks.append(present)
+        return torch.stack(mus), torch.stack(logvars), torch.stack(masks)
+
+    def posterior(
+        self, mu: torch.Tensor, logvar: torch.Tensor, presence_mask: torch.Tensor
+    ) -> Posterior:
+        """The posterior components the objective is taken over (see module docstring)."""
+        if self.fusion == "poe":
+            joint_mu, joint_logvar = fu.poe(mu, logvar, presence_mask)
+            n_present = presence_mask.sum(0)
+            comps_mu, comps_logvar, weights = (
+                [joint_mu],
+                [joint_logvar],
+                [torch.ones_like(n_present, dtype=mu.dtype)],
+            )
+            if len(self.modality_names) > 1:
+                eye = torch.eye(len(self.modality_names), dtype=torch.bool, device=mu.device)
+                for m in range(len(self.modality_names)):
+                    single = presence_mask & eye[m].unsqueeze(-1)
+                    m_mu, m_logvar = fu.poe(mu, logvar, single)
+                    comps_mu.append(m_mu)
+                    comps_logvar.append(m_logvar)
+                    weights.append((presence_mask[m] & (n_present >= 2)).to(mu.dtype))
+            return Posterior(
+                torch.stack(comps_mu), torch.stack(comps_logvar), torch.stack(weights), False
+            )
+        if self.fusion == "moe":
+            eye = torch.eye(len(self.modality_names), dtype=torch.bool, device=mu.device)
+            singles = [
+                fu.poe(mu, logvar, presence_mask & eye[m].unsqueeze(-1)) for m in range(mu.shape[0])
+            ]
+            comp_mu = torch.stack([s[0] for s in singles])
+            comp_logvar = torch.stack([s[1] for s in singles])
+            return Posterior(comp_mu, comp_logvar, fu.mixture_weights(presence_mask), True)
+        comp_mu, comp_logvar, weight = fu.mopoe(mu, logvar, presence_mask)
+        return Posterior(comp_mu, comp_logvar, weight, True)
+
+    def fused_mean(
+        self, mu: torch.Tensor, logvar: torch.Tensor, presence_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Point estimate of z per cell: the PoE mean, or the mixture mean. ``(B, D)``."""
+        if self.fusion == "poe":
+            return fu.poe(mu, logvar, presence_mask)[0]
+        post = self.posterior(mu, logvar, presence_mask)
+        return fu.mixture_mean(post.mu, post.weight > 0)
+
+    # ---- generative + loss -------------------------------------------------------------
+    def reconstruction(self, z: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        """Per-cell log p(x_m | z) for every modality, 0 where the cell lacks it."""
+        covariates = batch.get("covariates")
+        out = {}
+        for name in self.modality_names:
+            px = self.decoders[name](
+                z,
+                library=self.decoder_library(name, batch["library"][name]),
+                covariates=covariates,
+            )
+            x = self.standardize(name, batch["x"][name])
+            log_px = px.log_prob(x).sum(-1)  # (B,)
+            out[name] = torch.where(batch["mask"][name], log_px, torch.zeros_like(log_px))
+        return out
+
+    def loss(
+        self, batch: dict, *, kl_weight: float = 1.0, stratified: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Negative ELBO averaged over the cells of the minibatch, with its parts.
+
+        Parameters
+        ----------
+        batch
+            A minibatch dict.
+        kl_weight
+            Weight of the KL term in ``loss`` (KL warm-up); ``elbo`` always uses 1.
+        stratified
+            True: one z per available component, the exact weighted sum (K decoder
+            passes). False: one component per cell drawn with probability
+            ``w_k / W`` and its ELBO scaled by ``W = sum_k w_k`` — an unbiased estimate
+            of the same objective with a single decoder pass.
+
+        Returns
+        -------
+        ``loss`` (what is minimised), ``elbo``, ``kl``, and ``reconstruction_<mod>``
+        (per-cell means).
+        """
+        mu, logvar, presence = self.encode(batch)
+        post = self.posterior(mu, logvar, presence)
+        if stratified:
+            terms = [(post.mu[k], post.logvar[k], post.weight[k]) for k in range(post.mu.shape[0])]
+        else:
+            total_weight = post.weight.sum(0)  # (B,)
+            choice = torch.multinomial((post.weight / total_weight).T, 1).squeeze(-1)  # (B,)
+            cells = torch.arange(choice.shape[0], device=choice.device)
+            terms = [(post.mu[choice, cells], post.logvar[choice, cells], total_weight)]
+        prior = Normal(torch.zeros_like(mu[0]), torch.ones_like(mu[0]))
+        total_recon = torch.zeros_like(mu[0, :, 0])
+        total_kl = torch.zeros_like(total_recon)
+        recon_parts = {name: torch.zeros_like(total_recon) for name in self.modality_names}
+        for comp_mu, comp_logvar, w in terms:
+            qz = Normal(comp_mu, torch.exp(0.5 * comp_logvar))
+            z = qz.rsample()
+            if post.mixture:
+                kl = mixture_kl_sample(z, post.mu, post.logvar, post.weight)
+            else:
+                kl = kl_divergence(qz, prior).sum(-1)
+            recon = self.reconstruction(z, batch)
+            for name, value in recon.items():
+                recon_parts[name] = recon_parts[name] + w * value
+            total_recon = total_recon + w * sum(recon.values())
+            total_kl = total_kl + torch.where(w > 0, w * kl, torch.zeros_like(kl))
+        elbo = total_recon - total_kl
+        loss = -(total_recon - kl_weight * total_kl)
+        out = {"loss": loss.mean(), "elbo": elbo.mean(), "kl": total_kl.mean()}
+        out.update({f"reconstruction_{n}": v.mean() for n, v in recon_parts.items()})
+        return out

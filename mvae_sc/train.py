@@ -1,0 +1,179 @@
+"""Lightning pieces: the data module (train/validation split) and the training plan."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from .data.loader import CellData, minibatch_loader
+from .nn.module import MVAEModule
+
+
+class MuDataModule(pl.LightningDataModule):
+    """Splits the cells into training and validation sets (in ``setup``) and serves
+    minibatches of both.
+
+    Parameters
+    ----------
+    data
+        The registered cells.
+    train_size
+        Fraction of cells used for training; the rest validates (early stopping). With
+        1.0 there is no validation set.
+    batch_size
+        Cells per minibatch.
+    seed
+        Seed of the split and of the shuffling.
+    """
+
+    def __init__(
+        self, data: CellData, *, train_size: float = 0.9, batch_size: int = 256, seed: int = 0
+    ):
+        super().__init__()
+        self.data = data
+        self.train_size = train_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.train_cells = np.arange(data.n_cells)
+        self.val_cells = np.arange(0)
+
+    def setup(self, stage: str | None = None) -> None:
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(self.data.n_cells)
+        n_train = (
+            self.data.n_cells
+            if self.train_size >= 1
+            else int(math.ceil(self.train_size * self.data.n_cells))
+        )
+        self.train_cells = np.sort(order[:n_train])
+        self.val_cells = np.sort(order[n_train:])
+
+    def train_dataloader(self):
+        # drop a last minibatch of a single cell: LayerNorm statistics need no batch, but
+        # a lone cell gives a noisy step; it is seen again in the next epoch's shuffle.
+        drop_last = len(self.train_cells) % self.batch_size == 1
+        return minibatch_loader(
+            self.data,
+            self.train_cells,
+            batch_size=self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            drop_last=drop_last,
+        )
+
+    def val_dataloader(self):
+        return minibatch_loader(
+            self.data, self.val_cells, batch_size=max(self.batch_size, 1024), shuffle=False
+        )
+
+
+class TrainingPlan(pl.LightningModule):
+    """Optimises an :class:`~mvae_sc.nn.module.MVAEModule`.
+
+    Parameters
+    ----------
+    module
+        The torch model.
+    lr, weight_decay
+        AdamW settings.
+    n_steps_kl_warmup
+        The KL term's weight rises linearly from 0 to 1 over this many training steps
+        (avoids posterior collapse early on). Validation always uses weight 1, so the
+        monitored validation loss is the true negative ELBO.
+    """
+
+    def __init__(
+        self,
+        module: MVAEModule,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-6,
+        n_steps_kl_warmup: int = 1000,
+    ):
+        super().__init__()
+        self.module = module
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.n_steps_kl_warmup = n_steps_kl_warmup
+
+    @property
+    def kl_weight(self) -> float:
+        if self.n_steps_kl_warmup <= 0:
+            return 1.0
+        return min(1.0, self.global_step / self.n_steps_kl_warmup)
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        kl_weight = self.kl_weight if stage == "train" else 1.0
+        # PoE trains on one sampled posterior component per cell (one decoder pass);
+        # mixtures use stratified sampling, one z per component; validation is exact.
+        stratified = stage != "train" or self.module.fusion != "poe"
+        out = self.module.loss(batch, kl_weight=kl_weight, stratified=stratified)
+        n_cells = len(batch["cells"])
+        for key, value in out.items():
+            name = f"{stage}_{key}" if key != "loss" else f"{stage}_loss"
+            self.log(
+                name,
+                value.detach(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=n_cells,
+                prog_bar=key == "loss",
+            )
+        if stage == "train":
+            self.log("kl_weight", kl_weight, on_step=False, on_epoch=True, batch_size=n_cells)
+        return out["loss"]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "validation")
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(
+            self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay, eps=0.01
+        )
+
+
+class HistoryCallback(pl.Callback):
+    """Collects the epoch-level metrics into a list of rows (``MVAE.history``)."""
+
+    def __init__(self):
+        self.rows: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        row = {"epoch": trainer.current_epoch}
+        row.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        self.rows.append(row)
+
+
+class KeepBestWeights(pl.Callback):
+    """Keeps a copy of the weights with the lowest monitored value and restores them at
+    the end of training (early stopping otherwise leaves the last, not the best)."""
+
+    def __init__(self, monitor: str = "validation_loss"):
+        self.monitor = monitor
+        self.best_value = math.inf
+        self.best_epoch = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or not torch.isfinite(value):
+            return
+        if float(value) < self.best_value:
+            self.best_value = float(value)
+            self.best_epoch = trainer.current_epoch
+            self.best_state = copy.deepcopy(
+                {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
+            )
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.best_state is not None:
+            pl_module.load_state_dict(self.best_state)

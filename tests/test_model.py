@@ -1,0 +1,146 @@
+"""MVAE end to end on a small synthetic mosaic set: integration, imputation, outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scanpy as sc
+
+import mvae_sc
+from mvae_sc import metrics
+
+pytestmark = pytest.mark.slow
+
+
+def _cells(mdata, kind: str) -> np.ndarray:
+    return (mdata.obs["modality"] == kind).to_numpy()
+
+
+def test_latent_is_written_for_every_cell(trained_mosaic):
+    mdata, model = trained_mosaic
+    z = model.get_latent_representation()
+    assert mdata.obsm["X_mvae"] is not None and mdata.obsm["X_mvae"].shape == (mdata.n_obs, 10)
+    np.testing.assert_array_equal(mdata.obsm["X_mvae"], z)
+    assert np.isfinite(z).all()
+    assert mdata.uns["X_mvae"]["params"]["fusion"] == "poe"
+
+
+def test_unimodal_latents_have_nan_rows_where_absent(trained_mosaic):
+    mdata, model = trained_mosaic
+    z_rna = model.get_latent_representation(modality="rna")
+    has_rna = ~_cells(mdata, "atac_only")
+    assert "X_mvae_rna" in mdata.obsm
+    assert np.isfinite(z_rna[has_rna]).all()
+    assert np.isnan(z_rna[~has_rna]).all()
+
+
+def test_integration_beats_rna_pca(trained_mosaic):
+    mdata, model = trained_mosaic
+    z = model.get_latent_representation()
+    labels = mdata.obs["cell_type"].to_numpy()
+    has_rna = ~_cells(mdata, "atac_only")
+    rna = mdata.mod["rna"].copy()
+    sc.pp.normalize_total(rna)
+    sc.pp.log1p(rna)
+    sc.pp.pca(rna, n_comps=10, random_state=0)
+    rna_labels = mdata.obs.loc[rna.obs_names, "cell_type"].to_numpy()
+    baseline = metrics.leiden_ari_nmi(rna.obsm["X_pca"], rna_labels)["ari"]
+    ours = metrics.leiden_ari_nmi(z[has_rna], labels[has_rna])["ari"]
+    ours_all = metrics.leiden_ari_nmi(z, labels)["ari"]
+    assert ours > baseline + 0.05, (ours, baseline)
+    assert ours_all > baseline, (ours_all, baseline)
+
+
+def test_unpaired_cells_of_a_type_land_together(trained_mosaic):
+    mdata, model = trained_mosaic
+    z = model.get_latent_representation()
+    labels = mdata.obs["cell_type"].to_numpy()
+    rna_only, atac_only = _cells(mdata, "rna_only"), _cells(mdata, "atac_only")
+    forward = metrics.knn_label_agreement(z[rna_only], labels[rna_only], z[atac_only], labels[atac_only])
+    backward = metrics.knn_label_agreement(z[atac_only], labels[atac_only], z[rna_only], labels[rna_only])
+    assert min(forward, backward) > 0.75, (forward, backward)
+
+
+def test_atac_imputation_for_rna_only_cells(trained_mosaic):
+    mdata, model = trained_mosaic
+    imputed = model.impute("atac")
+    assert imputed.shape == (mdata.n_obs, mdata.mod["atac"].n_vars)
+    assert np.isfinite(imputed).all() and imputed.min() >= 0 and imputed.max() <= 1
+    truth = mvae_sc.datasets.heldout(mdata, "atac")
+    rows = mdata.obs_names.get_indexer(truth.obs_names)
+    assert _cells(mdata, "rna_only")[rows].all()
+    auroc = metrics.imputation_auroc(truth.X, imputed[rows])
+    assert auroc > 0.7, auroc
+
+
+def test_rna_imputation_for_atac_only_cells(trained_mosaic):
+    mdata, model = trained_mosaic
+    imputed = model.impute("rna", key_added="rna_from_atac", from_=["atac"])
+    assert "rna_from_atac" in mdata.obsm
+    truth = mvae_sc.datasets.heldout(mdata, "rna")
+    rows = mdata.obs_names.get_indexer(truth.obs_names)
+    per_gene = metrics.imputation_pearson(truth.X, imputed[rows])
+    per_cell = metrics.imputation_pearson(truth.X, imputed[rows], axis="cell")
+    assert per_gene > 0.2 and per_cell > 0.5, (per_gene, per_cell)
+    # normalised expression: each cell sums to library_size
+    np.testing.assert_allclose(imputed.sum(1), 1e4, rtol=1e-3)
+
+
+def test_impute_features_subset_in_given_order(trained_mosaic):
+    mdata, model = trained_mosaic
+    full = model.impute("rna", key_added="full_rna")
+    genes = list(mdata.mod["rna"].var_names[[5, 2]])
+    subset = model.impute("rna", features=genes, key_added="two_genes")
+    np.testing.assert_allclose(subset, full[:, [5, 2]], rtol=1e-5)
+    assert list(mdata.uns["two_genes"]["params"]["features"]) == genes
+    with pytest.raises(ValueError, match=r"features not in modality 'rna': \['not_a_gene'\]"):
+        model.impute("rna", features=["not_a_gene"])
+
+
+def test_impute_from_a_missing_source_gives_nan(trained_mosaic):
+    mdata, model = trained_mosaic
+    imputed = model.impute("atac", from_="rna", key_added="atac_from_rna")
+    atac_only = _cells(mdata, "atac_only")
+    assert np.isnan(imputed[atac_only]).all()
+    assert np.isfinite(imputed[~atac_only]).all()
+
+
+def test_scanpy_runs_on_the_embedding(trained_mosaic):
+    mdata, model = trained_mosaic
+    model.get_latent_representation()
+    sc.pp.neighbors(mdata, use_rep="X_mvae", random_state=0)
+    sc.tl.umap(mdata, random_state=0)
+    sc.tl.leiden(mdata, flavor="igraph", n_iterations=2, directed=False, random_state=0)
+    assert mdata.obsm["X_umap"].shape == (mdata.n_obs, 2)
+    assert mdata.obs["leiden"].nunique() > 1
+
+
+def test_history_is_recorded(trained_mosaic):
+    _, model = trained_mosaic
+    history = model.history
+    assert {"train_loss", "validation_loss", "kl_weight"} <= set(history.columns)
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    assert history["kl_weight"].iloc[0] < 1.0
+
+
+def test_save_load_gives_identical_latents(trained_mosaic, tmp_path):
+    mdata, model = trained_mosaic
+    z = model.get_latent_representation()
+    model.save(tmp_path / "model")
+    loaded = mvae_sc.MVAE.load(tmp_path / "model", mdata)
+    np.testing.assert_array_equal(loaded.get_latent_representation(key_added="X_loaded"), z)
+    pd_history = loaded.history
+    assert len(pd_history) == len(model.history)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save(tmp_path / "model")
+
+
+def test_load_refuses_changed_features(trained_mosaic, tmp_path):
+    mdata, model = trained_mosaic
+    model.save(tmp_path / "model")
+    changed = mdata.copy()
+    names = changed.mod["atac"].var_names.to_numpy().copy()
+    names[:3] = ["chrX:1-2", "chrX:3-4", "chrX:5-6"]
+    changed.mod["atac"].var_names = names
+    with pytest.raises(ValueError, match=r"Modality 'atac' does not have the features.*3 missing"):
+        mvae_sc.MVAE.load(tmp_path / "model", changed)
