@@ -61,6 +61,8 @@ class MVAE:
     encode_covariates
         Also feed the batch one-hot to the encoders (default False: decoders only, which
         removes batch effects from z).
+    seed
+        Seed of the weight initialisation (the global torch RNG is left untouched).
 
     Examples
     --------
@@ -81,6 +83,7 @@ class MVAE:
         dropout: float = 0.1,
         fusion: str = "poe",
         encode_covariates: bool = False,
+        seed: int = 0,
     ):
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}.")
@@ -107,14 +110,17 @@ class MVAE:
             "fusion": fusion,
             "encode_covariates": encode_covariates,
         }
-        self.module = MVAEModule(
-            {
-                n: (len(self.var_names[n]), s.likelihood)
-                for n, s in self.registry.modalities.items()
-            },
-            n_covariates=self._data.n_covariates,
-            **self.init_params,
-        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.module = MVAEModule(
+                {
+                    n: (len(self.var_names[n]), s.likelihood)
+                    for n, s in self.registry.modalities.items()
+                },
+                n_covariates=self._data.n_covariates,
+                **self.init_params,
+            )
+        self.init_params["seed"] = seed
         self._set_data_constants(self._data)
         self.history = pd.DataFrame()
         self.is_trained = False
@@ -529,6 +535,7 @@ class MVAE:
         model.registry = registry
         model.var_names = {k: np.asarray(v, dtype=str) for k, v in config["var_names"].items()}
         model.init_params = dict(config["init_params"])
+        module_params = {k: v for k, v in model.init_params.items() if k != "seed"}
         missing = [n for n in registry.modalities if n not in getattr(mdata, "mod", {})]
         if missing:
             raise ValueError(
@@ -539,7 +546,7 @@ class MVAE:
         model.module = MVAEModule(
             {n: (len(model.var_names[n]), s.likelihood) for n, s in registry.modalities.items()},
             n_covariates=len(registry.batch_categories),
-            **model.init_params,
+            **module_params,
         )
         try:
             model.module.load_state_dict(state)

@@ -108,8 +108,10 @@ class TrainingPlan(pl.LightningModule):
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         kl_weight = self.kl_weight if stage == "train" else 1.0
-        # PoE trains on one sampled posterior component per cell (one decoder pass);
-        # mixtures use stratified sampling, one z per component; validation is exact.
+        # Training: PoE decodes its joint posterior plus one sampled single-expert
+        # posterior per cell (two decoder passes, unbiased for the full sub-sampled
+        # objective); mixtures use stratified sampling, one z per component.
+        # Validation is always exact.
         stratified = stage != "train" or self.module.fusion != "poe"
         out = self.module.loss(batch, kl_weight=kl_weight, stratified=stratified)
         n_cells = len(batch["cells"])

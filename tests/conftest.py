@@ -19,7 +19,14 @@ def small_mosaic():
     import mvae_sc
 
     return mvae_sc.datasets.synthetic_multiome(
-        1500, n_genes=600, n_peaks=2000, n_cell_types=6, frac_rna_only=0.2, frac_atac_only=0.2, n_batches=2, seed=0
+        1500,
+        n_genes=600,
+        n_peaks=2000,
+        n_cell_types=6,
+        frac_rna_only=0.2,
+        frac_atac_only=0.2,
+        n_batches=2,
+        seed=0,
     )
 
 
@@ -31,5 +38,5 @@ def trained_mosaic(small_mosaic):
     mdata = small_mosaic.copy()
     mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch")
     model = mvae_sc.MVAE(mdata, n_latent=10, n_hidden=128)
-    model.train(max_epochs=60, batch_size=128, enable_progress_bar=False, seed=0)
+    model.train(max_epochs=80, batch_size=128, enable_progress_bar=False, seed=0)
     return mdata, model

@@ -29,7 +29,9 @@ def nb_params():
 def test_nb_matches_scipy(nb_params):
     x, mu, theta = nb_params
     px = lik.NegativeBinomial(torch.tensor(mu), torch.tensor(theta))
-    np.testing.assert_allclose(px.log_prob(torch.tensor(x)).numpy(), _nb_scipy(x, mu, theta), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        px.log_prob(torch.tensor(x)).numpy(), _nb_scipy(x, mu, theta), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_nb_with_per_feature_theta_broadcasts():
@@ -37,7 +39,9 @@ def test_nb_with_per_feature_theta_broadcasts():
     theta = torch.tensor(RNG.gamma(2.0, 2.0, 4))
     x = torch.tensor(RNG.poisson(3.0, (5, 4)).astype(float))
     expected = _nb_scipy(x.numpy(), mu.numpy(), np.broadcast_to(theta.numpy(), (5, 4)))
-    np.testing.assert_allclose(lik.NegativeBinomial(mu, theta).log_prob(x).numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        lik.NegativeBinomial(mu, theta).log_prob(x).numpy(), expected, rtol=1e-6
+    )
 
 
 def test_zinb_matches_mixture(nb_params):
@@ -45,7 +49,9 @@ def test_zinb_matches_mixture(nb_params):
     x[: N // 3] = 0
     pi = RNG.uniform(0.05, 0.9, N)
     logits = np.log(pi / (1 - pi))
-    px = lik.ZeroInflatedNegativeBinomial(torch.tensor(mu), torch.tensor(theta), torch.tensor(logits))
+    px = lik.ZeroInflatedNegativeBinomial(
+        torch.tensor(mu), torch.tensor(theta), torch.tensor(logits)
+    )
     nb_pmf = np.exp(_nb_scipy(x, mu, theta))
     expected = np.log(np.where(x == 0, pi + (1 - pi) * nb_pmf, (1 - pi) * nb_pmf))
     np.testing.assert_allclose(px.log_prob(torch.tensor(x)).numpy(), expected, rtol=1e-6, atol=1e-8)

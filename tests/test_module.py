@@ -18,7 +18,10 @@ def _batch(seed: int = 0) -> dict:
         "rna": torch.tensor([True, True, True, True, False, False]),
         "atac": torch.tensor([True, True, False, False, True, True]),
     }
-    x = {"rna": torch.where(mask["rna"][:, None], rna, 0.0), "atac": torch.where(mask["atac"][:, None], atac, 0.0)}
+    x = {
+        "rna": torch.where(mask["rna"][:, None], rna, 0.0),
+        "atac": torch.where(mask["atac"][:, None], atac, 0.0),
+    }
     return {
         "x": x,
         "mask": mask,
@@ -30,7 +33,11 @@ def _batch(seed: int = 0) -> dict:
 def _module(fusion: str = "poe") -> MVAEModule:
     torch.manual_seed(0)
     return MVAEModule(
-        {"rna": (12, "nb"), "atac": (20, "bernoulli")}, n_latent=3, n_hidden=8, n_covariates=2, fusion=fusion
+        {"rna": (12, "nb"), "atac": (20, "bernoulli")},
+        n_latent=3,
+        n_hidden=8,
+        n_covariates=2,
+        fusion=fusion,
     ).eval()
 
 
@@ -94,7 +101,9 @@ def test_mixture_kl_sample_matches_hand_computation():
     logvar = torch.zeros(2, 1, 1)
     weight = torch.tensor([[0.5], [0.5]])
     log_n = lambda x, m: -0.5 * (x - m) ** 2 - 0.5 * torch.log(torch.tensor(2 * torch.pi))  # noqa: E731
-    expected = torch.log(0.5 * log_n(1.0, 0.0).exp() + 0.5 * log_n(1.0, 2.0).exp()) - log_n(1.0, 0.0)
+    expected = torch.log(0.5 * log_n(1.0, 0.0).exp() + 0.5 * log_n(1.0, 2.0).exp()) - log_n(
+        1.0, 0.0
+    )
     torch.testing.assert_close(mixture_kl_sample(z, mu, logvar, weight), expected.view(1))
 
 

@@ -36,7 +36,10 @@ def test_defaults_register_rna_nb_and_atac_bernoulli():
     mdata = _mudata()
     mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch")
     registry = Registry.from_mudata(mdata)
-    assert {n: s.likelihood for n, s in registry.modalities.items()} == {"rna": "nb", "atac": "bernoulli"}
+    assert {n: s.likelihood for n, s in registry.modalities.items()} == {
+        "rna": "nb",
+        "atac": "bernoulli",
+    }
     assert registry.batch_categories == ["a", "b"]
 
 
@@ -44,7 +47,9 @@ def test_setup_writes_only_uns_entry():
     mdata = _mudata()
     before_obs, before_uns = mdata.obs.copy(), set(mdata.uns)
     before_x = {k: mdata.mod[k].X.copy() for k in mdata.mod}
-    mvae_sc.MVAE.setup_mudata(mdata, modalities={"rna": "zinb", "atac": "bernoulli"}, batch_key="batch")
+    mvae_sc.MVAE.setup_mudata(
+        mdata, modalities={"rna": "zinb", "atac": "bernoulli"}, batch_key="batch"
+    )
     assert set(mdata.uns) - before_uns == {"mvae_sc"}
     pd.testing.assert_frame_equal(mdata.obs, before_obs)
     for k, x in before_x.items():
@@ -64,13 +69,17 @@ def test_layer_is_used_and_must_exist():
     mdata.mod["rna"].layers["counts"] = mdata.mod["rna"].X.copy()
     mvae_sc.MVAE.setup_mudata(mdata, rna_layer="counts")
     assert Registry.from_mudata(mdata).modalities["rna"].layer == "counts"
-    with pytest.raises(ValueError, match=r"Layer 'raw' does not exist in modality 'atac'.*counts|Layer 'raw'"):
+    with pytest.raises(
+        ValueError, match=r"Layer 'raw' does not exist in modality 'atac'.*counts|Layer 'raw'"
+    ):
         mvae_sc.MVAE.setup_mudata(mdata, atac_layer="raw")
 
 
 def test_non_integer_counts_are_refused():
     mdata = _mudata()
-    mdata.mod["rna"].X = mdata.mod["rna"].X * 0.5 + sp.csr_matrix(np.full((8, 5), 0.25, dtype=np.float32))
+    mdata.mod["rna"].X = mdata.mod["rna"].X * 0.5 + sp.csr_matrix(
+        np.full((8, 5), 0.25, dtype=np.float32)
+    )
     with pytest.raises(ValueError, match=r"modality 'rna'.*non-integer.*raw counts"):
         mvae_sc.MVAE.setup_mudata(mdata)
     assert "mvae_sc" not in mdata.uns
@@ -104,7 +113,9 @@ def test_unknown_modality_and_likelihood():
 
 def test_cells_without_any_registered_modality_are_refused():
     mdata = _mudata()
-    with pytest.raises(ValueError, match=r"4 cells have none of the registered modalities \['rna'\]"):
+    with pytest.raises(
+        ValueError, match=r"4 cells have none of the registered modalities \['rna'\]"
+    ):
         mvae_sc.MVAE.setup_mudata(mdata, modalities={"rna": "nb"})
 
 
@@ -112,7 +123,9 @@ def test_batch_key_must_exist_and_be_complete():
     mdata = _mudata()
     with pytest.raises(ValueError, match=r"batch_key 'sample' is not a column of mdata.obs"):
         mvae_sc.MVAE.setup_mudata(mdata, batch_key="sample")
-    mdata.obs["sample"] = pd.Series(["x"] * (mdata.n_obs - 1) + [None], index=mdata.obs_names, dtype=object)
+    mdata.obs["sample"] = pd.Series(
+        ["x"] * (mdata.n_obs - 1) + [None], index=mdata.obs_names, dtype=object
+    )
     with pytest.raises(ValueError, match=r"batch_key 'sample' has 1 missing"):
         mvae_sc.MVAE.setup_mudata(mdata, batch_key="sample")
 

@@ -273,9 +273,10 @@ class MVAEModule(nn.Module):
             Weight of the KL term in ``loss`` (KL warm-up); ``elbo`` always uses 1.
         stratified
             True: one z per available component, the exact weighted sum (K decoder
-            passes). False: one component per cell drawn with probability
-            ``w_k / W`` and its ELBO scaled by ``W = sum_k w_k`` — an unbiased estimate
-            of the same objective with a single decoder pass.
+            passes). False: an unbiased estimate of the same objective with fewer
+            passes — one component per cell drawn with probability ``w_k / W`` and
+            its ELBO scaled by ``W = sum_k w_k``; for PoE the joint component is kept
+            exact and the draw is among the single-expert components (two passes).
 
         Returns
         -------
@@ -287,10 +288,18 @@ class MVAEModule(nn.Module):
         if stratified:
             terms = [(post.mu[k], post.logvar[k], post.weight[k]) for k in range(post.mu.shape[0])]
         else:
-            total_weight = post.weight.sum(0)  # (B,)
-            choice = torch.multinomial((post.weight / total_weight).T, 1).squeeze(-1)  # (B,)
-            cells = torch.arange(choice.shape[0], device=choice.device)
-            terms = [(post.mu[choice, cells], post.logvar[choice, cells], total_weight)]
+            # PoE keeps its joint component (0) exact and samples one of the others.
+            first = 0 if post.mixture else 1
+            terms = [(post.mu[k], post.logvar[k], post.weight[k]) for k in range(first)]
+            weight = post.weight[first:]
+            total_weight = weight.sum(0)  # (B,)
+            if weight.shape[0] and bool((total_weight > 0).any()):
+                probs = torch.where(
+                    total_weight > 0, weight / total_weight.clamp(min=1e-12), 1.0 / weight.shape[0]
+                )
+                choice = first + torch.multinomial(probs.T, 1).squeeze(-1)  # (B,)
+                cells = torch.arange(choice.shape[0], device=choice.device)
+                terms.append((post.mu[choice, cells], post.logvar[choice, cells], total_weight))
         prior = Normal(torch.zeros_like(mu[0]), torch.ones_like(mu[0]))
         total_recon = torch.zeros_like(mu[0, :, 0])
         total_kl = torch.zeros_like(total_recon)
