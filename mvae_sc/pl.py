@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -54,7 +55,16 @@ def umap_overview(mdata: MuData, *, color: Sequence[str], basis: str = "X_umap")
             f"Columns {missing} are not in mdata.obs (columns: {list(mdata.obs.columns)})."
         )
     fig, axes = plt.subplots(1, len(color), figsize=(5.5 * len(color), 4.5), squeeze=False)
-    for ax, key in zip(axes[0], color, strict=True):
-        sc.pl.embedding(mdata, basis=basis, color=key, ax=ax, show=False, frameon=False)
+    with warnings.catch_warnings():
+        # scanpy's plotting calls MuData.obs_vector, which mudata marks deprecated,
+        warnings.filterwarnings(
+            "ignore", message=".*obs_vector is deprecated.*", category=FutureWarning
+        )
+        # and the colour maps through an API matplotlib will deprecate
+        warnings.filterwarnings(
+            "ignore", message=".*set_bad function.*", category=PendingDeprecationWarning
+        )
+        for ax, key in zip(axes[0], color, strict=True):
+            sc.pl.embedding(mdata, basis=basis, color=key, ax=ax, show=False, frameon=False)
     fig.tight_layout()
     return fig
