@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from ._multimodal import synthetic_patchseq, synthetic_sensors
 from ._registry import available, load
 from ._synthetic import heldout, hide_modality, synthetic_multiome
 
-__all__ = ["synthetic_multiome", "heldout", "hide_modality", "load", "available"]
+__all__ = [
+    "synthetic_multiome",
+    "synthetic_patchseq",
+    "synthetic_sensors",
+    "heldout",
+    "hide_modality",
+    "load",
+    "available",
+]

@@ -560,7 +560,7 @@ def heldout(mdata: mudata.MuData, modality: str) -> ad.AnnData:
             f"uns['heldout'] has {modality!r} but mdata.mod has no {modality!r} to take "
             f"feature names from (modalities: {list(mdata.mod)})."
         )
-    x = sp.csr_matrix(entry["X"])
+    x = entry["X"] if sp.issparse(entry["X"]) else np.asarray(entry["X"])
     obs_names = pd.Index(np.asarray(entry["obs_names"]).astype(str))
     var = mdata.mod[modality].var.copy()
     if x.shape != (len(obs_names), var.shape[0]):
