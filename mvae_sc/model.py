@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import warnings
@@ -17,7 +18,8 @@ from mudata import MuData
 from . import model_files
 from .data.loader import CellData, iterate_chunks
 from .data.registry import UNS_KEY, Registry, build_registry
-from .nn.module import FUSIONS, MVAEModule
+from .nn.fusion import poe, poe_weights
+from .nn.module import FUSIONS, MVAEModule, symmetric_kl
 from .train import HistoryCallback, KeepBestWeights, MuDataModule, TrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ _QUIET_LIGHTNING = (
     r".*does not have many workers.*",
     r".*The number of training batches.*log_every_n_steps.*",
     r".*GPU available but not used.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
 )
 
 
@@ -191,7 +194,7 @@ class MVAE:
         self,
         *,
         max_epochs: int | None = None,
-        batch_size: int = 256,
+        batch_size: int = 128,
         lr: float = 1e-3,
         weight_decay: float = 1e-6,
         train_size: float = 0.9,
@@ -209,11 +212,11 @@ class MVAE:
         Parameters
         ----------
         max_epochs
-            Default: ``min(400, max(50, round(250_000 / n_cells)))`` — about 50k
-            minibatch steps' worth of data for small sets, fewer passes for large ones;
-            early stopping usually ends sooner.
+            Default: about 8000 minibatch steps' worth of epochs, at least 20 and at
+            most 400 (small sets need many passes, atlases few); early stopping usually
+            ends sooner.
         batch_size
-            Cells per minibatch (256).
+            Cells per minibatch (128).
         lr, weight_decay
             AdamW settings (1e-3, 1e-6).
         train_size
@@ -244,16 +247,16 @@ class MVAE:
         if batch_size < 2:
             raise ValueError(f"batch_size must be at least 2, got {batch_size!r}.")
         n_cells = self._data.n_cells
+        n_train = n_cells if train_size >= 1 else math.ceil(train_size * n_cells)
+        steps_per_epoch = max(1, n_train // batch_size)
         if max_epochs is None:
-            max_epochs = int(min(400, max(50, round(250_000 / n_cells))))
+            max_epochs = int(np.clip(round(8000 / steps_per_epoch), 20, 400))
         if n_epochs_kl_warmup is None:
             n_epochs_kl_warmup = min(50, max(1, max_epochs // 4))
         pl.seed_everything(seed, verbose=False)
         datamodule = MuDataModule(
             self._data, train_size=train_size, batch_size=batch_size, seed=seed
         )
-        n_train = n_cells if train_size >= 1 else math.ceil(train_size * n_cells)
-        steps_per_epoch = max(1, n_train // batch_size)
         plan = TrainingPlan(
             self.module,
             lr=lr,
@@ -492,6 +495,102 @@ class MVAE:
             },
         )
         return out
+
+    @torch.inference_mode()
+    def get_modality_weights(
+        self, mdata: MuData | None = None, *, key_added: str = "mvae_weight", batch_size: int = 1024
+    ) -> pd.DataFrame:
+        """How much each modality counts in each cell's posterior.
+
+        With ``fusion="poe"`` the weight of modality m is its expert's share of the fused
+        precision, ``mean_d (1/var_md) / (1 + sum_k 1/var_kd)`` (the prior holds the rest,
+        so a cell's weights sum to less than 1). A noisy or uninformative measurement
+        gets a wide expert and so a small weight. With ``"moe"``/``"mopoe"`` the mixture
+        itself is uniform over the present experts; the weight reported is the same
+        precision share, i.e. how confident each expert is relative to the others.
+        Absent modalities get weight 0.
+
+        Writes ``mdata.obs[f"{key_added}_{mod}"]`` for every modality and records the
+        parameters in ``mdata.uns[key_added]["params"]``.
+
+        Returns
+        -------
+        DataFrame indexed like ``mdata.obs`` with one column per modality.
+
+        Examples
+        --------
+        >>> weights = model.get_modality_weights()
+        >>> mdata.obs["mvae_weight_ppg"].describe()
+        """
+        mdata, data = self._data_for(mdata)
+        names = self.registry.modality_names
+        weights = np.zeros((data.n_cells, len(names)), dtype=np.float32)
+        self.module.eval()
+        for cells, batch in self._minibatches(data, batch_size):
+            _, logvar, presence = self.module.encode(batch)
+            weights[cells] = poe_weights(logvar, presence).T.cpu().numpy()
+        frame = pd.DataFrame(
+            weights, index=mdata.obs_names, columns=[f"{key_added}_{n}" for n in names]
+        )
+        for column in frame:
+            mdata.obs[column] = frame[column].to_numpy()
+        _record(mdata, key_added, {"fusion": self.module.fusion, "modalities": names})
+        return frame
+
+    @torch.inference_mode()
+    def consistency(
+        self,
+        mdata: MuData | None = None,
+        *,
+        key_added: str = "mvae_consistency",
+        batch_size: int = 1024,
+    ) -> np.ndarray:
+        """Per-cell cross-modal consistency score: high when a cell's modalities disagree.
+
+        For a cell with two or more modalities, the score is the mean over pairs of
+        present modalities of the symmetric KL divergence between their single-expert
+        posteriors ``q_m(z | x_m) ⊗ N(0, I)``, ``(KL(q_a || q_b) + KL(q_b || q_a)) / 2``.
+        Two confident posteriors in different places (a mismatched pair, a doublet, a
+        mislabelled barcode) score high; agreeing or vague ones score low. Cells with a
+        single modality get NaN. The scale is in nats; compare cells within a dataset.
+
+        Writes ``mdata.obs[key_added]`` and ``mdata.uns[key_added]["params"]``.
+
+        Returns
+        -------
+        ``(n_obs,)`` float32 array.
+
+        Examples
+        --------
+        >>> score = model.consistency()
+        >>> suspicious = mdata.obs["mvae_consistency"] > mdata.obs["mvae_consistency"].quantile(0.99)
+        """
+        mdata, data = self._data_for(mdata)
+        n_modalities = len(self.registry.modalities)
+        eye = torch.eye(n_modalities, dtype=torch.bool, device=self.device)
+        scores = np.full(data.n_cells, np.nan, dtype=np.float32)
+        self.module.eval()
+        for cells, batch in self._minibatches(data, batch_size):
+            mu, logvar, presence = self.module.encode(batch)
+            singles = [
+                poe(mu, logvar, presence & eye[m].unsqueeze(-1)) for m in range(n_modalities)
+            ]
+            total = torch.zeros(len(cells), device=self.device)
+            n_pairs = torch.zeros_like(total)
+            for a, b in itertools.combinations(range(n_modalities), 2):
+                both = presence[a] & presence[b]
+                divergence = symmetric_kl(*singles[a], *singles[b])
+                total += torch.where(both, divergence, torch.zeros_like(divergence))
+                n_pairs += both.float()
+            score = torch.where(n_pairs > 0, total / n_pairs.clamp(min=1), torch.nan)
+            scores[cells] = score.cpu().numpy()
+        mdata.obs[key_added] = scores
+        _record(
+            mdata,
+            key_added,
+            {"measure": "symmetric_kl", "modalities": self.registry.modality_names},
+        )
+        return scores
 
     # ---- persistence -------------------------------------------------------------------
     def save(self, dir_path: str | Path, *, overwrite: bool = False) -> None:

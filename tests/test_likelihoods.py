@@ -91,3 +91,21 @@ def test_nb_moments_and_sampling():
     assert abs(sample.mean().item() - 4.0) < 0.1
     assert abs(sample.var().item() - (4 + 16 / 2)) < 0.6
     assert torch.allclose(px.variance, torch.full((20000,), 12.0))
+
+
+def test_gaussian_recovers_a_known_mean_and_variance():
+    """Fitting loc and log-variance by maximum likelihood recovers the true values
+    (a parameterisation that confused variance and standard deviation would not)."""
+    gen = torch.Generator().manual_seed(0)
+    true_loc, true_var = torch.tensor([3.0, -1.0]), torch.tensor([4.0, 0.25])
+    x = true_loc + true_var.sqrt() * torch.randn(20000, 2, generator=gen)
+    loc = torch.zeros(2, requires_grad=True)
+    logvar = torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.Adam([loc, logvar], lr=0.05)
+    for _ in range(600):
+        optimizer.zero_grad()
+        loss = -lik.gaussian(loc, logvar.exp()).log_prob(x).mean()
+        loss.backward()
+        optimizer.step()
+    torch.testing.assert_close(loc.detach(), true_loc, atol=0.05, rtol=0)
+    torch.testing.assert_close(logvar.detach().exp(), true_var, rtol=0.05, atol=0)

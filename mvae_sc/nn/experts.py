@@ -63,7 +63,8 @@ class Encoder(nn.Module):
 
     The input transform depends on the likelihood: counts are depth-normalised and
     log1p-transformed (``log1p(1e4 * x / library)``), binary data are used as they are,
-    and Gaussian features arrive already standardised.
+    and Gaussian features arrive already standardised, with the log of their mean square
+    appended (the cell's spread, see :class:`Decoder`).
     """
 
     def __init__(
@@ -79,8 +80,15 @@ class Encoder(nn.Module):
     ):
         super().__init__()
         self.likelihood = likelihood
+        # Gaussian experts also see the log of the cell's spread (mean squared
+        # standardised value), so they can widen when a measurement is unusually noisy.
+        n_extra = 1 if likelihood == "gaussian" else 0
         self.body = MLP(
-            n_input, n_hidden, n_covariates=n_covariates, n_layers=n_layers, dropout=dropout
+            n_input + n_extra,
+            n_hidden,
+            n_covariates=n_covariates,
+            n_layers=n_layers,
+            dropout=dropout,
         )
         self.mean = nn.Linear(n_hidden, n_latent)
         self.logvar = nn.Linear(n_hidden, n_latent)
@@ -91,6 +99,8 @@ class Encoder(nn.Module):
         # x: (B, G); library: (B, 1)
         if self.likelihood in lik.COUNT_LIKELIHOODS:
             x = torch.log1p(1e4 * x / library.clamp(min=1.0))
+        elif self.likelihood == "gaussian":
+            x = torch.cat([x, torch.log(x.pow(2).mean(-1, keepdim=True) + 1e-3)], dim=-1)
         h = self.body(x, covariates)
         logvar = self.logvar(h).clamp(LOGVAR_MIN, LOGVAR_MAX)
         return Normal(self.mean(h), torch.exp(0.5 * logvar))
@@ -105,8 +115,11 @@ class Decoder(nn.Module):
       ``region_factor = sigmoid(r)`` is learned per feature and ``cell_factor`` is a
       learned monotone function of the cell's standardised log-depth (``None`` depth gives
       a cell factor of 1: "normalised accessibility").
-    * ``gaussian``: ``Normal(W h, var)`` with a learned per-feature variance, on
-      standardised features.
+    * ``gaussian``: ``Normal(W h, var)`` on standardised features, with a learned
+      per-feature variance scaled per cell by ``spread ** gamma``: ``spread`` is the
+      cell's observed mean squared standardised value and ``gamma`` a learned exponent
+      (0 at start: homoscedastic). A cell whose measurement is noisier than usual gets a
+      wider likelihood, so the ELBO rewards its expert for being less confident.
     """
 
     def __init__(
@@ -138,6 +151,7 @@ class Decoder(nn.Module):
             self.depth_offset = nn.Parameter(torch.tensor(2.0))
         if likelihood == "gaussian":
             self.logvar = nn.Parameter(torch.zeros(n_output))
+            self.spread_exponent = nn.Parameter(torch.tensor(0.0))
 
     def _features(self, z: torch.Tensor, covariates: torch.Tensor | None) -> torch.Tensor:
         h = self.body(z, covariates)
@@ -161,7 +175,8 @@ class Decoder(nn.Module):
         library
             Count likelihoods: total counts per cell ``(B, 1)``. Bernoulli: standardised
             log-depth ``(B, 1)`` for the cell factor, or None for normalised
-            accessibility. Ignored for Gaussian.
+            accessibility. Gaussian: the log of the cell's observed spread ``(B, 1)``,
+            or None for the average cell.
         covariates
             ``(B, n_covariates)`` or None.
         """
@@ -180,7 +195,8 @@ class Decoder(nn.Module):
             if library is not None:
                 probs = probs * torch.sigmoid(self.depth_slope * library + self.depth_offset)
             return lik.bernoulli(probs)
-        return lik.gaussian(out, torch.exp(self.logvar).expand_as(out))
+        logvar = self.logvar if library is None else self.logvar + self.spread_exponent * library
+        return lik.gaussian(out, torch.exp(logvar).expand_as(out))
 
     def normalized_mean(self, z: torch.Tensor, covariates: torch.Tensor | None) -> torch.Tensor:
         """Depth-free expected value: expression fractions (counts), accessibility

@@ -56,6 +56,18 @@ def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torc
     return -0.5 * (((z - mu) ** 2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
 
 
+def symmetric_kl(
+    mu_a: torch.Tensor, logvar_a: torch.Tensor, mu_b: torch.Tensor, logvar_b: torch.Tensor
+) -> torch.Tensor:
+    """``(KL(a || b) + KL(b || a)) / 2`` between diagonal Gaussians, summed over the last
+    dimension. ``(..., D) -> (...)``."""
+    var_a, var_b = torch.exp(logvar_a), torch.exp(logvar_b)
+    diff2 = (mu_a - mu_b) ** 2
+    kl_ab = 0.5 * ((var_a + diff2) / var_b - 1 + logvar_b - logvar_a)
+    kl_ba = 0.5 * ((var_b + diff2) / var_a - 1 + logvar_a - logvar_b)
+    return (0.5 * (kl_ab + kl_ba)).sum(-1)
+
+
 def mixture_kl_sample(
     z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weight: torch.Tensor
 ) -> torch.Tensor:
@@ -164,11 +176,16 @@ class MVAEModule(nn.Module):
             return x
         return x * getattr(self, f"scale_{name}") + getattr(self, f"loc_{name}")
 
-    def decoder_library(self, name: str, library: torch.Tensor | None) -> torch.Tensor | None:
-        """What a decoder gets as depth: counts as they are, Bernoulli as standardised
-        log-depth, Gaussian nothing."""
+    def decoder_library(
+        self, name: str, library: torch.Tensor | None, x: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """What a decoder gets as a per-cell scale: counts' depth as it is, Bernoulli
+        standardised log-depth, Gaussian the log of the cell's observed spread (mean
+        squared standardised value of ``x``, None without ``x``)."""
         lk = self.likelihoods[name]
-        if library is None or lk == "gaussian":
+        if lk == "gaussian":
+            return None if x is None else torch.log(x.pow(2).mean(-1, keepdim=True) + 1e-3)
+        if library is None:
             return None
         if lk == "bernoulli":
             loc, scale = getattr(self, f"depth_loc_{name}"), getattr(self, f"depth_scale_{name}")
@@ -250,12 +267,12 @@ class MVAEModule(nn.Module):
         covariates = batch.get("covariates")
         out = {}
         for name in self.modality_names:
+            x = self.standardize(name, batch["x"][name])
             px = self.decoders[name](
                 z,
-                library=self.decoder_library(name, batch["library"][name]),
+                library=self.decoder_library(name, batch["library"][name], x),
                 covariates=covariates,
             )
-            x = self.standardize(name, batch["x"][name])
             log_px = px.log_prob(x).sum(-1)  # (B,)
             out[name] = torch.where(batch["mask"][name], log_px, torch.zeros_like(log_px))
         return out
