@@ -66,14 +66,21 @@ def main() -> None:
         "ari_rna_pca_baseline": metrics.leiden_ari_nmi(rna.obsm["X_pca"], rna_labels)["ari"],
         "silhouette_label": metrics.silhouette_label(z, labels),
         "batch_entropy": metrics.batch_entropy(z, mdata.obs["batch"].to_numpy()),
-        "knn_rna_only_to_atac_only": metrics.knn_label_agreement(z[ro], labels[ro], z[ao], labels[ao]),
-        "knn_atac_only_to_rna_only": metrics.knn_label_agreement(z[ao], labels[ao], z[ro], labels[ro]),
+        "knn_rna_only_to_atac_only": metrics.knn_label_agreement(
+            z[ro], labels[ro], z[ao], labels[ao]
+        ),
+        "knn_atac_only_to_rna_only": metrics.knn_label_agreement(
+            z[ao], labels[ao], z[ro], labels[ro]
+        ),
         "foscttm_paired": metrics.foscttm(z_rna[paired], z_atac[paired]),
         "atac_auroc_rna_only": metrics.imputation_auroc(atac_truth.X, atac_imp),
         "rna_pearson_gene_atac_only": metrics.imputation_pearson(rna_truth.X, rna_imp),
         "rna_pearson_cell_atac_only": metrics.imputation_pearson(rna_truth.X, rna_imp, axis="cell"),
     }
-    report = {k: (round(float(v), 4) if isinstance(v, float | np.floating) else v) for k, v in report.items()}
+    report = {
+        k: (round(float(v), 4) if isinstance(v, float | np.floating) else v)
+        for k, v in report.items()
+    }
     text = json.dumps(report, indent=1)
     print(text)  # noqa: T201 - a benchmark script reports on stdout
     if args.out:
