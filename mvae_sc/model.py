@@ -18,7 +18,7 @@ from mudata import MuData
 from . import model_files
 from .data.loader import CellData, iterate_chunks
 from .data.registry import UNS_KEY, Registry, build_registry
-from .nn.fusion import poe, poe_weights
+from .nn.fusion import poe_weights, single_expert_posteriors
 from .nn.module import FUSIONS, MVAEModule, symmetric_kl
 from .train import HistoryCallback, KeepBestWeights, MuDataModule, TrainingPlan
 
@@ -567,19 +567,18 @@ class MVAE:
         """
         mdata, data = self._data_for(mdata)
         n_modalities = len(self.registry.modalities)
-        eye = torch.eye(n_modalities, dtype=torch.bool, device=self.device)
         scores = np.full(data.n_cells, np.nan, dtype=np.float32)
         self.module.eval()
         for cells, batch in self._minibatches(data, batch_size):
             mu, logvar, presence = self.module.encode(batch)
-            singles = [
-                poe(mu, logvar, presence & eye[m].unsqueeze(-1)) for m in range(n_modalities)
-            ]
+            single_mu, single_logvar = single_expert_posteriors(mu, logvar, presence)
             total = torch.zeros(len(cells), device=self.device)
             n_pairs = torch.zeros_like(total)
             for a, b in itertools.combinations(range(n_modalities), 2):
                 both = presence[a] & presence[b]
-                divergence = symmetric_kl(*singles[a], *singles[b])
+                divergence = symmetric_kl(
+                    single_mu[a], single_logvar[a], single_mu[b], single_logvar[b]
+                )
                 total += torch.where(both, divergence, torch.zeros_like(divergence))
                 n_pairs += both.float()
             score = torch.where(n_pairs > 0, total / n_pairs.clamp(min=1), torch.nan)

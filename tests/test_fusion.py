@@ -65,12 +65,16 @@ def test_poe_weights_are_precision_shares():
     torch.testing.assert_close(weights[:, 0], torch.tensor([2 / 7, 4 / 7]))
 
 
-def test_moe_weights_uniform_over_present():
+def test_moe_components_are_single_experts_with_prior():
     mu, logvar = _experts()
     mask = torch.tensor([[True] * B, [False] * B, [True] * B])
     comp_mu, comp_logvar, weight = fu.moe(mu, logvar, mask)
-    assert comp_mu is mu and comp_logvar is logvar
     torch.testing.assert_close(weight, torch.tensor([[0.5] * B, [0.0] * B, [0.5] * B]))
+    var = logvar[0].exp()
+    torch.testing.assert_close(comp_logvar[0].exp(), var / (1 + var))
+    torch.testing.assert_close(comp_mu[0], mu[0] / (1 + var))
+    # an absent expert's component is the prior (and has weight 0)
+    torch.testing.assert_close(comp_mu[1], torch.zeros(B, D))
 
 
 def test_mopoe_subsets_on_tiny_case():

@@ -7,7 +7,7 @@ so NaN or garbage behind the mask cannot leak into the result.
 
 * :func:`poe` — product of the present experts and the prior expert N(0, I):
   precision ``T = 1 + sum_m 1/var_m``; mean ``(sum_m mu_m/var_m) / T``.
-* :func:`moe` — uniform mixture over the present experts.
+* :func:`moe` — uniform mixture over the present experts (each with the prior).
 * :func:`mopoe` — uniform mixture over the PoEs of the non-empty subsets of the
   present experts.
 """
@@ -53,6 +53,20 @@ def poe(
     total_precision = 1.0 + precision.sum(0)  # prior precision is 1
     fused_mu = weighted_mu.sum(0) / total_precision
     return fused_mu, -torch.log(total_precision)
+
+
+def single_expert_posteriors(
+    mu: torch.Tensor, logvar: torch.Tensor, presence_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each expert alone times the prior: ``q_m ⊗ N(0, I)`` for every modality m.
+
+    Returns
+    -------
+    Means and log-variances ``(M, B, D)``; where expert m is absent, row m is the prior.
+    """
+    eye = torch.eye(mu.shape[0], dtype=torch.bool, device=mu.device)
+    fused = [poe(mu, logvar, presence_mask & eye[m].unsqueeze(-1)) for m in range(mu.shape[0])]
+    return torch.stack([f[0] for f in fused]), torch.stack([f[1] for f in fused])
 
 
 def poe_weights(logvar: torch.Tensor, presence_mask: torch.Tensor) -> torch.Tensor:
@@ -125,14 +139,16 @@ def mixture_mean(mu: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
 def moe(
     mu: torch.Tensor, logvar: torch.Tensor, presence_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Uniform mixture of the present experts.
+    """Uniform mixture of the present experts, each taken with the prior (``q_m ⊗ N(0, I)``,
+    as every component here is, so that a single expert's component equals its PoE).
 
     Returns
     -------
-    The components ``(mu, logvar)`` unchanged ``(M, B, D)`` and the mixture weights
-    ``(M, B)``: ``1/|S|`` for present experts, 0 for absent ones.
+    Component means and log-variances ``(M, B, D)`` and the mixture weights ``(M, B)``:
+    ``1/|S|`` for present experts, 0 for absent ones.
     """
-    return mu, logvar, mixture_weights(presence_mask)
+    single_mu, single_logvar = single_expert_posteriors(mu, logvar, presence_mask)
+    return single_mu, single_logvar, mixture_weights(presence_mask)
 
 
 def mopoe(

@@ -222,33 +222,19 @@ class MVAEModule(nn.Module):
         self, mu: torch.Tensor, logvar: torch.Tensor, presence_mask: torch.Tensor
     ) -> Posterior:
         """The posterior components the objective is taken over (see module docstring)."""
+        if self.fusion == "moe":
+            return Posterior(*fu.moe(mu, logvar, presence_mask), mixture=True)
         if self.fusion == "poe":
             joint_mu, joint_logvar = fu.poe(mu, logvar, presence_mask)
-            n_present = presence_mask.sum(0)
-            comps_mu, comps_logvar, weights = (
-                [joint_mu],
-                [joint_logvar],
-                [torch.ones_like(n_present, dtype=mu.dtype)],
-            )
+            comps_mu, comps_logvar = joint_mu.unsqueeze(0), joint_logvar.unsqueeze(0)
+            weights = torch.ones_like(presence_mask[:1], dtype=mu.dtype)
             if len(self.modality_names) > 1:
-                eye = torch.eye(len(self.modality_names), dtype=torch.bool, device=mu.device)
-                for m in range(len(self.modality_names)):
-                    single = presence_mask & eye[m].unsqueeze(-1)
-                    m_mu, m_logvar = fu.poe(mu, logvar, single)
-                    comps_mu.append(m_mu)
-                    comps_logvar.append(m_logvar)
-                    weights.append((presence_mask[m] & (n_present >= 2)).to(mu.dtype))
-            return Posterior(
-                torch.stack(comps_mu), torch.stack(comps_logvar), torch.stack(weights), False
-            )
-        if self.fusion == "moe":
-            eye = torch.eye(len(self.modality_names), dtype=torch.bool, device=mu.device)
-            singles = [
-                fu.poe(mu, logvar, presence_mask & eye[m].unsqueeze(-1)) for m in range(mu.shape[0])
-            ]
-            comp_mu = torch.stack([s[0] for s in singles])
-            comp_logvar = torch.stack([s[1] for s in singles])
-            return Posterior(comp_mu, comp_logvar, fu.mixture_weights(presence_mask), True)
+                single_mu, single_logvar = fu.single_expert_posteriors(mu, logvar, presence_mask)
+                comps_mu = torch.cat([comps_mu, single_mu])
+                comps_logvar = torch.cat([comps_logvar, single_logvar])
+                paired = presence_mask.sum(0, keepdim=True) >= 2
+                weights = torch.cat([weights, (presence_mask & paired).to(mu.dtype)])
+            return Posterior(comps_mu, comps_logvar, weights, False)
         comp_mu, comp_logvar, weight = fu.mopoe(mu, logvar, presence_mask)
         return Posterior(comp_mu, comp_logvar, weight, True)
 
