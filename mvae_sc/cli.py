@@ -100,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="mvae_sc_demo", help="output folder (mvae_sc_demo)")
     demo.add_argument("--n-cells", type=int, default=3000, help="cells to simulate (3000)")
+    demo.set_defaults(max_epochs=100)
     demo.set_defaults(func=_demo)
     train = sub.add_parser("train", parents=[common], help="integrate an .h5mu (rna + atac)")
     train.add_argument("input", help="an .h5mu with 'rna' and/or 'atac' raw counts")
