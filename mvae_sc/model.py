@@ -115,14 +115,7 @@ class MVAE:
         }
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.module = MVAEModule(
-                {
-                    n: (len(self.var_names[n]), s.likelihood)
-                    for n, s in self.registry.modalities.items()
-                },
-                n_covariates=self._data.n_covariates,
-                **self.init_params,
-            )
+            self.module = _build_module(self.registry, self.var_names, self.init_params)
         self.init_params["seed"] = seed
         self._set_data_constants(self._data)
         self.history = pd.DataFrame()
@@ -288,11 +281,10 @@ class MVAE:
             "gradient_clip_val": 10.0,
         }
         options.update(trainer_kwargs)
-        trainer = pl.Trainer(**options)
         with warnings.catch_warnings():
             for pattern in _QUIET_LIGHTNING:
                 warnings.filterwarnings("ignore", message=pattern)
-            trainer.fit(plan, datamodule=datamodule)
+            pl.Trainer(**options).fit(plan, datamodule=datamodule)
         self.module.eval()
         self.history = (
             pd.DataFrame(history.rows).set_index("epoch") if history.rows else pd.DataFrame()
@@ -633,7 +625,6 @@ class MVAE:
         model.registry = registry
         model.var_names = {k: np.asarray(v, dtype=str) for k, v in config["var_names"].items()}
         model.init_params = dict(config["init_params"])
-        module_params = {k: v for k, v in model.init_params.items() if k != "seed"}
         missing = [n for n in registry.modalities if n not in getattr(mdata, "mod", {})]
         if missing:
             raise ValueError(
@@ -641,11 +632,7 @@ class MVAE:
             )
         model.mdata = mdata
         model._data = model._cell_data(mdata)
-        model.module = MVAEModule(
-            {n: (len(model.var_names[n]), s.likelihood) for n, s in registry.modalities.items()},
-            n_covariates=len(registry.batch_categories),
-            **module_params,
-        )
+        model.module = _build_module(registry, model.var_names, model.init_params)
         try:
             model.module.load_state_dict(state)
         except RuntimeError as err:
@@ -665,6 +652,18 @@ class MVAE:
             f"MVAE({mods}; fusion={self.module.fusion}, n_latent={self.module.n_latent}, "
             f"n_cells={self._data.n_cells}, trained={self.is_trained})"
         )
+
+
+def _build_module(
+    registry: Registry, var_names: dict[str, np.ndarray], params: Mapping
+) -> MVAEModule:
+    """The torch module for a registry, feature names and ``init_params`` (``seed`` is
+    used by the caller, not the module)."""
+    return MVAEModule(
+        {n: (len(var_names[n]), s.likelihood) for n, s in registry.modalities.items()},
+        n_covariates=len(registry.batch_categories),
+        **{k: v for k, v in params.items() if k != "seed"},
+    )
 
 
 def _feature_moments(data: CellData, name: str, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
