@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import warnings
@@ -18,8 +17,8 @@ from mudata import MuData
 from . import model_files
 from .data.loader import CellData, iterate_chunks
 from .data.registry import UNS_KEY, Registry, build_registry
-from .nn.fusion import poe_weights, single_expert_posteriors
-from .nn.module import FUSIONS, MVAEModule, symmetric_kl
+from .nn.fusion import poe_weights
+from .nn.module import DISAGREEMENT_MEASURES, FUSIONS, MVAEModule
 from .train import HistoryCallback, KeepBestWeights, MuDataModule, TrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -534,17 +533,31 @@ class MVAE:
         self,
         mdata: MuData | None = None,
         *,
+        measure: str = "cross_likelihood",
         key_added: str = "mvae_consistency",
         batch_size: int = 1024,
     ) -> np.ndarray:
         """Per-cell cross-modal consistency score: high when a cell's modalities disagree.
 
-        For a cell with two or more modalities, the score is the mean over pairs of
-        present modalities of the symmetric KL divergence between their single-expert
-        posteriors ``q_m(z | x_m) ⊗ N(0, I)``, ``(KL(q_a || q_b) + KL(q_b || q_a)) / 2``.
-        Two confident posteriors in different places (a mismatched pair, a doublet, a
-        mislabelled barcode) score high; agreeing or vague ones score low. Cells with a
-        single modality get NaN. The scale is in nats; compare cells within a dataset.
+        For a cell with two or more modalities, the score is the mean over pairs (a, b)
+        of present modalities of a disagreement between what each modality alone says
+        about the cell. ``measure`` chooses it:
+
+        - ``"cross_likelihood"`` (default): a posterior predictive check in data space.
+          Decode each modality from the mean of the other's single-expert posterior
+          ``q_a(z | x_a) ⊗ N(0, I)`` and compare with decoding it from its own:
+          ``[log p(x_b | z_b) - log p(x_b | z_a)] / G_b + [log p(x_a | z_a) - log p(x_a |
+          z_b)] / G_a``, in nats per feature (``G`` = number of features). An intact cell
+          is explained almost as well by its other modality as by its own; a mismatched
+          pair (swapped barcodes, a doublet, a mislabelled cell) is not.
+        - ``"symmetric_kl"``: ``(KL(q_a || q_b) + KL(q_b || q_a)) / 2`` between the
+          single-expert posteriors, in nats. Cheaper (no decoding) but it also grows with
+          how confident the experts are, so it separates mismatched pairs less well
+          (AUROC 0.80–0.85 against 0.84–0.91 for ``"cross_likelihood"`` on the Patch-seq
+          swap test in ``tests/test_multimodal.py``).
+
+        Cells with a single modality get NaN. Compare cells within one data set and
+        model: the scale depends on both.
 
         Writes ``mdata.obs[key_added]`` and ``mdata.uns[key_added]["params"]``.
 
@@ -557,29 +570,20 @@ class MVAE:
         >>> score = model.consistency()
         >>> suspicious = mdata.obs["mvae_consistency"] > mdata.obs["mvae_consistency"].quantile(0.99)
         """
+        if measure not in DISAGREEMENT_MEASURES:
+            raise ValueError(f"`measure` must be one of {DISAGREEMENT_MEASURES}, got {measure!r}.")
         mdata, data = self._data_for(mdata)
-        n_modalities = len(self.registry.modalities)
         scores = np.full(data.n_cells, np.nan, dtype=np.float32)
         self.module.eval()
         for cells, batch in self._minibatches(data, batch_size):
-            mu, logvar, presence = self.module.encode(batch)
-            single_mu, single_logvar = single_expert_posteriors(mu, logvar, presence)
-            total = torch.zeros(len(cells), device=self.device)
-            n_pairs = torch.zeros_like(total)
-            for a, b in itertools.combinations(range(n_modalities), 2):
-                both = presence[a] & presence[b]
-                divergence = symmetric_kl(
-                    single_mu[a], single_logvar[a], single_mu[b], single_logvar[b]
-                )
-                total += torch.where(both, divergence, torch.zeros_like(divergence))
-                n_pairs += both.float()
+            total, n_pairs = self.module.pairwise_disagreement(batch, measure)
             score = torch.where(n_pairs > 0, total / n_pairs.clamp(min=1), torch.nan)
             scores[cells] = score.cpu().numpy()
         mdata.obs[key_added] = scores
         _record(
             mdata,
             key_added,
-            {"measure": "symmetric_kl", "modalities": self.registry.modality_names},
+            {"measure": measure, "modalities": self.registry.modality_names},
         )
         return scores
 

@@ -115,9 +115,10 @@ def _swap_rows(mdata, modality: str, *, n_pairs: int, seed: int) -> np.ndarray:
 
 
 def test_consistency_flags_mismatched_pairs():
-    """Cells whose electrophysiology was swapped with another cell's (of another type)
-    score higher than intact cells. The issue's target is AUROC >= 0.9; this checks a
-    clear separation (0.75) that a broken score (≈ 0.5) would miss — see the issue note."""
+    """Cells whose electrophysiology was swapped with another cell's (of another type,
+    often a close sister type) score higher than intact cells. The issue's target is
+    AUROC >= 0.9; measured 0.92 here and 0.81-0.92 over data seeds 1-4 (symmetric KL:
+    0.80-0.87), so this asserts 0.85 — a broken score (about 0.5) misses it by far."""
     mdata = mvae_sc.datasets.synthetic_patchseq(
         1000,
         n_genes=300,
@@ -132,7 +133,13 @@ def test_consistency_flags_mismatched_pairs():
     assert np.isfinite(score).all()
     np.testing.assert_array_equal(mdata.obs["mvae_consistency"].to_numpy(), score)
     auroc = roc_auc_score(swapped, score)
-    assert auroc >= 0.75, auroc
+    assert auroc >= 0.85, auroc
+    # the latent-space measure separates them too, if less well
+    kl_score = model.consistency(measure="symmetric_kl", key_added="kl_consistency")
+    assert roc_auc_score(swapped, kl_score) >= 0.75
+    assert mdata.uns["kl_consistency"]["params"]["measure"] == "symmetric_kl"
+    with pytest.raises(ValueError, match="measure"):
+        model.consistency(measure="cosine")
 
 
 def test_consistency_is_nan_for_single_modality_cells(patchseq):
@@ -143,5 +150,5 @@ def test_consistency_is_nan_for_single_modality_cells(patchseq):
     assert np.isnan(score[n_present == 1]).all()
     assert np.isfinite(score[n_present >= 2]).all()
     assert (
-        "agreement" in mdata.obs and mdata.uns["agreement"]["params"]["measure"] == "symmetric_kl"
+        "agreement" in mdata.obs and mdata.uns["agreement"]["params"]["measure"] == "cross_likelihood"
     )

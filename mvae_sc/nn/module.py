@@ -24,6 +24,7 @@ The objective is a sum over *posterior components* k, each with a per-cell weigh
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from . import fusion as fu
 from .experts import Decoder, Encoder
 
 FUSIONS = ("poe", "moe", "mopoe")
+DISAGREEMENT_MEASURES = ("cross_likelihood", "symmetric_kl")
 
 
 @dataclass
@@ -246,6 +248,44 @@ class MVAEModule(nn.Module):
             return fu.poe(mu, logvar, presence_mask)[0]
         post = self.posterior(mu, logvar, presence_mask)
         return fu.mixture_mean(post.mu, post.weight > 0)
+
+    def pairwise_disagreement(
+        self, batch: dict, measure: str = "cross_likelihood"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """How much each pair of a cell's modalities disagree.
+
+        ``measure="cross_likelihood"``: for the ordered pair (a, b), how much worse
+        ``x_b`` is explained from modality a's single-expert posterior mean than from
+        its own, in nats per feature of b, ``[log p(x_b | z_b) - log p(x_b | z_a)] /
+        G_b``; a pair's score is the sum of both directions. ``"symmetric_kl"``:
+        ``(KL(q_a || q_b) + KL(q_b || q_a)) / 2`` between the single-expert posteriors.
+
+        Returns
+        -------
+        The sum over pairs of present modalities ``(B,)`` and the number of such
+        pairs ``(B,)``.
+        """
+        mu, logvar, presence = self.encode(batch)
+        single_mu, single_logvar = fu.single_expert_posteriors(mu, logvar, presence)
+        names = self.modality_names
+        if measure == "cross_likelihood":
+            # recon[a][name]: log p(x_name | mean of q_a), per cell
+            recon = [self.reconstruction(single_mu[a], batch) for a in range(len(names))]
+            per_feature = {n: batch["x"][n].shape[-1] for n in names}
+        total = torch.zeros_like(mu[0, :, 0])
+        n_pairs = torch.zeros_like(total)
+        for a, b in itertools.combinations(range(len(names)), 2):
+            both = presence[a] & presence[b]
+            if measure == "cross_likelihood":
+                name_a, name_b = names[a], names[b]
+                score = (recon[b][name_b] - recon[a][name_b]) / per_feature[name_b] + (
+                    recon[a][name_a] - recon[b][name_a]
+                ) / per_feature[name_a]
+            else:
+                score = symmetric_kl(single_mu[a], single_logvar[a], single_mu[b], single_logvar[b])
+            total = total + torch.where(both, score, torch.zeros_like(score))
+            n_pairs = n_pairs + both.to(total.dtype)
+        return total, n_pairs
 
     # ---- generative + loss -------------------------------------------------------------
     def reconstruction(self, z: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
