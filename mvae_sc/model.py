@@ -61,8 +61,20 @@ class MVAE:
         ``"poe"`` (product of experts, default: sharp posteriors when modalities agree),
         ``"moe"`` (mixture: robust when a modality is unreliable) or ``"mopoe"``.
     encode_covariates
-        Also feed the batch one-hot to the encoders (default False: decoders only, which
-        removes batch effects from z).
+        Also feed the covariates (batch and other one-hots, continuous covariates) to the
+        encoders (default False: decoders only, so z need not carry them).
+    adversarial_batch, adversary_weight
+        Adversarial batch correction: a discriminator on the posterior means of z
+        learns to predict ``batch_key`` while the encoders learn to make its guess
+        uniform, with weight ``adversary_weight`` (warmed up with the KL weight; 10).
+        ``history["train_discriminator_accuracy"]`` shows how well it still guesses
+        (plain accuracy: chance is the largest batch's share).
+    classification_weight
+        Weight of the supervised head's loss (cross-entropy for a categorical label,
+        half squared error of the standardised value for a continuous one, averaged over
+        labelled cells) against the ELBO, whose scale is thousands of nats per cell. Used
+        when ``setup_mudata`` got a ``labels_key``; cells without a label train the rest
+        of the model as usual (semi-supervised).
     seed
         Seed of the weight initialisation (the global torch RNG is left untouched).
 
@@ -85,6 +97,9 @@ class MVAE:
         dropout: float = 0.1,
         fusion: str = "poe",
         encode_covariates: bool = False,
+        adversarial_batch: bool = False,
+        adversary_weight: float = 10.0,
+        classification_weight: float = 50.0,
         seed: int = 0,
     ):
         if fusion not in FUSIONS:
@@ -98,8 +113,21 @@ class MVAE:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
-        self.mdata = mdata
+        for name, value in {
+            "adversary_weight": adversary_weight,
+            "classification_weight": classification_weight,
+        }.items():
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
         self.registry = Registry.from_mudata(mdata)
+        if adversarial_batch and self.registry.n_batches < 2:
+            raise ValueError(
+                "adversarial_batch=True needs a batch_key with at least two batches; "
+                f"registered batch_key={self.registry.batch_key!r} with "
+                f"{self.registry.n_batches} batch(es). Call "
+                "`MVAE.setup_mudata(mdata, batch_key=...)` first."
+            )
+        self.mdata = mdata
         self._data = CellData(mdata, self.registry)
         self.var_names = {
             name: mdata.mod[name].var_names.to_numpy(dtype=str) for name in self.registry.modalities
@@ -111,6 +139,9 @@ class MVAE:
             "dropout": dropout,
             "fusion": fusion,
             "encode_covariates": encode_covariates,
+            "adversarial_batch": adversarial_batch,
+            "adversary_weight": adversary_weight,
+            "classification_weight": classification_weight,
         }
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -130,6 +161,10 @@ class MVAE:
         rna_layer: str | None = None,
         atac_layer: str | None = None,
         batch_key: str | None = None,
+        categorical_covariate_keys: str | Sequence[str] | None = None,
+        continuous_covariate_keys: str | Sequence[str] | None = None,
+        labels_key: str | None = None,
+        label_type: str = "categorical",
     ) -> None:
         """Validate a MuData and record how the model reads it.
 
@@ -152,18 +187,40 @@ class MVAE:
             Shortcuts for ``layers={"rna": ..., "atac": ...}``.
         batch_key
             Column of ``mdata.obs`` with the batch (sample, lab, run) of each cell; fed
-            one-hot to the decoders so z is free of it.
+            one-hot to the decoders so z is free of it, and the target of the adversary
+            (``MVAE(adversarial_batch=True)``). Every cell needs a value.
+        categorical_covariate_keys, continuous_covariate_keys
+            Further ``mdata.obs`` columns fed to the decoders (and the encoders with
+            ``encode_covariates=True``): categories one-hot (e.g. donor, chemistry),
+            numbers standardised with this data's mean and sd (e.g. percent
+            mitochondrial counts, age). Every cell needs a value; new data given to the
+            model later must use known categories.
+        labels_key, label_type
+            An ``mdata.obs`` column for the supervised head, ``"categorical"`` (a class:
+            response, disease status) or ``"continuous"`` (a number: a score, survival
+            time). Missing values (NaN) mark unlabelled cells, which are used
+            unsupervised. ``MVAE.predict`` writes the predictions.
 
         Examples
         --------
         >>> mvae_sc.MVAE.setup_mudata(mdata, rna_layer="counts", batch_key="batch")
+        >>> mvae_sc.MVAE.setup_mudata(mdata, batch_key="lab", labels_key="response")
         >>> mvae_sc.MVAE.setup_mudata(mdata, modalities={"rna": "zinb", "atac": "bernoulli"})
         """
         layers = dict(layers or {})
         for name, layer in (("rna", rna_layer), ("atac", atac_layer)):
             if layer is not None:
                 layers[name] = layer
-        registry = build_registry(mdata, modalities=modalities, layers=layers, batch_key=batch_key)
+        registry = build_registry(
+            mdata,
+            modalities=modalities,
+            layers=layers,
+            batch_key=batch_key,
+            categorical_covariate_keys=categorical_covariate_keys,
+            continuous_covariate_keys=continuous_covariate_keys,
+            labels_key=labels_key,
+            label_type=label_type,
+        )
         mdata.uns[UNS_KEY] = {"registry": registry.to_json()}
 
     def _set_data_constants(self, data: CellData) -> None:
@@ -308,6 +365,8 @@ class MVAE:
             modalities={n: s.likelihood for n, s in reg.modalities.items()},
             layers={n: s.layer for n, s in reg.modalities.items()},
             batch_key=reg.batch_key,
+            categorical_covariate_keys=reg.categorical_covariate_keys,
+            continuous_covariate_keys=reg.continuous_covariate_keys,
         )
         return CellData(mdata, reg, feature_index=self._feature_index(mdata))
 
@@ -395,6 +454,78 @@ class MVAE:
         mdata.obsm[key_added] = latent
         _record(mdata, key_added, {"modality": sources, "fusion": self.module.fusion})
         return latent
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        mdata: MuData | None = None,
+        *,
+        modality: str | Sequence[str] | None = None,
+        key_added: str | None = None,
+        batch_size: int = 1024,
+    ) -> pd.Series:
+        """Predict the registered label (``setup_mudata(labels_key=...)``) from z.
+
+        The supervised head is applied to each cell's posterior mean of z (all its
+        modalities, or only ``modality``), so unlabelled cells and new data get a
+        prediction too.
+
+        Writes ``mdata.obs[key_added]`` (default ``"mvae_pred_<labels_key>"``): the most
+        probable class (categorical) or the predicted value in the label's units
+        (continuous). For a categorical label also ``mdata.obsm[key_added + "_proba"]``,
+        a DataFrame of class probabilities with one column per class.
+
+        Returns
+        -------
+        The predictions, indexed by ``mdata.obs_names``.
+
+        Examples
+        --------
+        >>> mvae_sc.MVAE.setup_mudata(mdata, batch_key="lab", labels_key="response")
+        >>> model = mvae_sc.MVAE(mdata)
+        >>> model.train()
+        >>> model.predict()  # obs["mvae_pred_response"], obsm["mvae_pred_response_proba"]
+        """
+        reg = self.registry
+        if reg.labels_key is None or self.module.classifier is None:
+            raise ValueError(
+                "This model has no supervised head: register a label with "
+                "`MVAE.setup_mudata(mdata, labels_key=..., label_type=...)` and create and "
+                "train a new model."
+            )
+        mdata, data = self._data_for(mdata)
+        sources = None if modality is None else self._check_modalities(modality, "modality")
+        key_added = key_added or f"mvae_pred_{reg.labels_key}"
+        self.module.eval()
+        width = len(reg.label_categories) if reg.label_type == "categorical" else 1
+        out = np.full((data.n_cells, width), np.nan, dtype=np.float32)
+        for cells, batch in self._minibatches(data, batch_size):
+            mu, logvar, presence = self.module.encode(batch, modalities=sources)
+            z = self.module.fused_mean(mu, logvar, presence)
+            prediction = self.module.predict_labels(z).reshape(len(cells), width)
+            has_any = presence.any(0).unsqueeze(-1)
+            out[cells] = torch.where(has_any, prediction, torch.nan).cpu().numpy()
+        if reg.label_type == "categorical":
+            proba = pd.DataFrame(out, index=mdata.obs_names, columns=reg.label_categories)
+            best = np.where(np.isnan(out).any(1), -1, np.nan_to_num(out).argmax(1))
+            result = pd.Series(
+                pd.Categorical.from_codes(best, categories=reg.label_categories),
+                index=mdata.obs_names,
+                name=key_added,
+            )
+            mdata.obsm[f"{key_added}_proba"] = proba
+        else:
+            mean, sd = reg.label_moments
+            result = pd.Series(out[:, 0] * sd + mean, index=mdata.obs_names, name=key_added)
+        mdata.obs[key_added] = (
+            result.to_numpy() if reg.label_type != "categorical" else result.values
+        )
+        _record(
+            mdata,
+            key_added,
+            {"labels_key": reg.labels_key, "label_type": reg.label_type, "modality": sources},
+        )
+        return result
 
     @torch.inference_mode()
     def impute(
@@ -663,11 +794,20 @@ def _build_module(
 ) -> MVAEModule:
     """The torch module for a registry, feature names and ``init_params`` (``seed`` is
     used by the caller, not the module)."""
+    architecture = {k: params[k] for k in _ARCHITECTURE if k in params}
     return MVAEModule(
         {n: (len(var_names[n]), s.likelihood) for n, s in registry.modalities.items()},
-        n_covariates=len(registry.batch_categories),
-        **{k: v for k, v in params.items() if k != "seed"},
+        n_covariates=registry.n_covariates,
+        n_batches=registry.n_batches,
+        adversary_weight=params["adversary_weight"] if params.get("adversarial_batch") else 0.0,
+        n_label_outputs=registry.n_label_outputs,
+        label_type=registry.label_type,
+        classification_weight=params.get("classification_weight", 0.0),
+        **architecture,
     )
+
+
+_ARCHITECTURE = ("n_latent", "n_hidden", "n_layers", "dropout", "fusion", "encode_covariates")
 
 
 def _feature_moments(data: CellData, name: str, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,9 @@ import torch
 from .data.loader import CellData, minibatch_loader
 from .nn.module import MVAEModule
 
+# The discriminator's learning rate relative to the rest of the model.
+DISCRIMINATOR_LR_FACTOR = 30.0
+
 
 class MuDataModule(pl.LightningDataModule):
     """Splits the cells into training and validation sets (in ``setup``) and serves
@@ -82,8 +85,10 @@ class TrainingPlan(pl.LightningModule):
         AdamW settings.
     n_steps_kl_warmup
         The KL term's weight rises linearly from 0 to 1 over this many training steps
-        (avoids posterior collapse early on). Validation always uses weight 1, so the
-        monitored validation loss is the true negative ELBO.
+        (avoids posterior collapse early on); the adversary's weight on the encoders
+        (if any) warms up with it. Validation always uses weight 1 and leaves the adversary
+        out, so the monitored validation loss is the negative ELBO (plus the weighted
+        supervised loss when there is a head).
     """
 
     def __init__(
@@ -113,16 +118,25 @@ class TrainingPlan(pl.LightningModule):
         # objective); mixtures use stratified sampling, one z per component.
         # Validation is always exact.
         stratified = stage != "train" or self.module.fusion != "poe"
-        out = self.module.loss(batch, kl_weight=kl_weight, stratified=stratified)
+        # The adversary's pull on the encoders warms up with the KL weight.
+        adversary_scale = kl_weight if stage == "train" else None
+        out = self.module.loss(
+            batch, kl_weight=kl_weight, stratified=stratified, adversary_scale=adversary_scale
+        )
         n_cells = len(batch["cells"])
+        n_labelled = int(batch["labelled"].sum()) if "labelled" in batch else 0
         for key, value in out.items():
-            name = f"{stage}_{key}" if key != "loss" else f"{stage}_loss"
+            # supervised metrics are means over labelled cells: weight them so, and
+            # leave out minibatches without any (rather than logging a fake 0)
+            size = n_labelled if key.startswith("classification_") else n_cells
+            if size == 0:
+                continue
             self.log(
-                name,
+                f"{stage}_{key}",
                 value.detach(),
                 on_step=False,
                 on_epoch=True,
-                batch_size=n_cells,
+                batch_size=size,
                 prog_bar=key == "loss",
             )
         if stage == "train":
@@ -136,9 +150,17 @@ class TrainingPlan(pl.LightningModule):
         return self._step(batch, "validation")
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(
-            self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay, eps=0.01
-        )
+        # The discriminator learns faster than the encoders it plays against, so it keeps
+        # finding the batch signal the encoders are hiding (a slow one is fooled by a z
+        # that merely moves the signal elsewhere).
+        disc = self.module.discriminator
+        disc_params = set() if disc is None else {id(p) for p in disc.parameters()}
+        groups = [{"params": [p for p in self.module.parameters() if id(p) not in disc_params]}]
+        if disc is not None:
+            groups.append(
+                {"params": list(disc.parameters()), "lr": self.lr * DISCRIMINATOR_LR_FACTOR}
+            )
+        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, eps=0.01)
 
 
 class HistoryCallback(pl.Callback):

@@ -74,23 +74,22 @@ class CellData:
             library[present] = totals[self.rows[name][present]]
             self.library[name] = library
         self.batch_index = np.zeros(self.n_cells, dtype=np.int64)
+        parts = []  # covariate blocks: one-hot batch, one-hot categories, continuous
         if registry.batch_key is not None:
-            codes = pd.Categorical(
-                mdata.obs[registry.batch_key].astype(str), categories=registry.batch_categories
-            ).codes
-            if (codes < 0).any():
-                unseen = sorted(
-                    set(mdata.obs[registry.batch_key].astype(str)) - set(registry.batch_categories)
-                )
-                raise ValueError(
-                    f"batch_key {registry.batch_key!r} has categories the model was not trained "
-                    f"on: {unseen[:5]}. Known categories: {registry.batch_categories}."
-                )
-            self.batch_index = codes.astype(np.int64)
+            self.batch_index = _codes(mdata, registry.batch_key, registry.batch_categories)
+            parts.append(_one_hot(self.batch_index, registry.n_batches))
+        for key, categories in registry.covariate_categories.items():
+            parts.append(_one_hot(_codes(mdata, key, categories), len(categories)))
+        for key in registry.continuous_covariate_keys:
+            mean, sd = registry.covariate_moments[key]
+            values = mdata.obs[key].to_numpy(dtype=np.float64)
+            parts.append(((values - mean) / sd).astype(np.float32)[:, None])
+        self.covariates = np.hstack(parts) if parts else None
+        self.labels, self.labelled = _labels(mdata, registry, self.n_cells)
 
     @property
     def n_covariates(self) -> int:
-        return len(self.registry.batch_categories)
+        return self.registry.n_covariates
 
     def presence(self, name: str) -> np.ndarray:
         """Boolean per cell: does the cell have modality ``name``."""
@@ -130,11 +129,60 @@ class CellData:
             batch["x"][name] = torch.from_numpy(values)
             batch["mask"][name] = torch.from_numpy(present)
             batch["library"][name] = torch.from_numpy(self.library[name][cells]).unsqueeze(-1)
-        if self.n_covariates:
-            batch["covariates"] = torch.nn.functional.one_hot(
-                torch.from_numpy(self.batch_index[cells]), self.n_covariates
-            ).float()
+        if self.covariates is not None:
+            batch["covariates"] = torch.from_numpy(self.covariates[cells])
+        if self.registry.n_batches:
+            batch["batch_index"] = torch.from_numpy(self.batch_index[cells])
+        if self.labels is not None:
+            batch["label"] = torch.from_numpy(self.labels[cells])
+            batch["labelled"] = torch.from_numpy(self.labelled[cells])
         return batch
+
+
+def _one_hot(codes: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((len(codes), n), dtype=np.float32)
+    out[np.arange(len(codes)), codes] = 1.0
+    return out
+
+
+def _codes(mdata: MuData, key: str, categories: list[str]) -> np.ndarray:
+    """Integer codes of an obs column in the registered categories; clear error for a
+    category the model has not seen."""
+    column = mdata.obs[key].astype(str)
+    codes = pd.Categorical(column, categories=categories).codes
+    if (codes < 0).any():
+        unseen = sorted(set(column) - set(categories))
+        raise ValueError(
+            f"obs column {key!r} has categories the model was not trained on: {unseen[:5]}. "
+            f"Known categories: {categories}. Map them to known ones or train a new model."
+        )
+    return codes.astype(np.int64)
+
+
+def _labels(
+    mdata: MuData, registry: Registry, n_cells: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Targets of the supervised head and the mask of labelled cells.
+
+    Categorical: class codes (0 where unlabelled); continuous: standardised values (0
+    where unlabelled). Missing values, unknown classes and an absent column (e.g. new
+    data at prediction time) all mean "unlabelled"."""
+    key = registry.labels_key
+    if key is None:
+        return None, None
+    if key not in mdata.obs:
+        return np.zeros(n_cells, dtype=np.float32), np.zeros(n_cells, dtype=bool)
+    column = mdata.obs[key]
+    if registry.label_type == "categorical":
+        codes = pd.Categorical(
+            column.astype(str).where(column.notna()), categories=registry.label_categories
+        ).codes
+        labelled = codes >= 0
+        return np.where(labelled, codes, 0).astype(np.float32), labelled
+    mean, sd = registry.label_moments
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+    labelled = np.isfinite(values)
+    return np.where(labelled, (values - mean) / sd, 0.0).astype(np.float32), labelled
 
 
 class MinibatchDataset(torch.utils.data.Dataset):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -39,6 +39,35 @@ class Registry:
     modalities: dict[str, ModalitySpec]
     batch_key: str | None = None
     batch_categories: list[str] = field(default_factory=list)
+    categorical_covariate_keys: list[str] = field(default_factory=list)
+    covariate_categories: dict[str, list[str]] = field(default_factory=dict)
+    continuous_covariate_keys: list[str] = field(default_factory=list)
+    # {key: [mean, sd]} of each continuous covariate in the registered data
+    covariate_moments: dict[str, list[float]] = field(default_factory=dict)
+    labels_key: str | None = None
+    label_type: str | None = None
+    label_categories: list[str] = field(default_factory=list)
+    label_moments: list[float] = field(default_factory=list)  # [mean, sd], continuous
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.batch_categories)
+
+    @property
+    def n_covariates(self) -> int:
+        """Width of the covariate vector: batch one-hot, other one-hots, continuous."""
+        return (
+            self.n_batches
+            + sum(len(c) for c in self.covariate_categories.values())
+            + len(self.continuous_covariate_keys)
+        )
+
+    @property
+    def n_label_outputs(self) -> int:
+        """Outputs of the supervised head: classes, 1 for a continuous label, 0 if none."""
+        if self.labels_key is None:
+            return 0
+        return len(self.label_categories) if self.label_type == "categorical" else 1
 
     @property
     def modality_names(self) -> list[str]:
@@ -114,6 +143,10 @@ def build_registry(
     modalities: Mapping[str, str] | None = None,
     layers: Mapping[str, str | None] | None = None,
     batch_key: str | None = None,
+    categorical_covariate_keys: str | Sequence[str] | None = None,
+    continuous_covariate_keys: str | Sequence[str] | None = None,
+    labels_key: str | None = None,
+    label_type: str = "categorical",
 ) -> Registry:
     """Validate ``mdata`` and describe how to read it. Changes nothing in ``mdata``.
 
@@ -185,33 +218,127 @@ def build_registry(
             f"(e.g. {names}). Remove them, e.g. `mdata = mdata[has_any_modality].copy()`."
         )
 
-    categories: list[str] = []
-    if batch_key is not None:
-        if batch_key not in mdata.obs:
-            raise ValueError(
-                f"batch_key {batch_key!r} is not a column of mdata.obs (columns: "
-                f"{list(mdata.obs.columns)[:20]}). Add it, e.g. "
-                f"`mdata.obs[{batch_key!r}] = ...`, or `mdata.pull_obs()` to copy per-modality columns."
-            )
-        column = mdata.obs[batch_key]
-        if column.isna().any():
-            raise ValueError(
-                f"batch_key {batch_key!r} has {int(column.isna().sum())} missing values; every "
-                "cell needs a batch. Fill them (e.g. with 'unknown')."
-            )
-        values = column.astype(str)
-        categories = (
-            [str(c) for c in column.cat.categories if (values == str(c)).any()]
-            if isinstance(column.dtype, pd.CategoricalDtype)
-            else sorted(values.unique().tolist())
+    batch_categories = [] if batch_key is None else _categories(mdata, batch_key, "batch_key")
+    categorical_covariate_keys = _keys(categorical_covariate_keys, "categorical_covariate_keys")
+    continuous_covariate_keys = _keys(continuous_covariate_keys, "continuous_covariate_keys")
+    if batch_key is not None and batch_key in categorical_covariate_keys:
+        raise ValueError(
+            f"{batch_key!r} is both the batch_key and a categorical covariate; name it once "
+            "(as batch_key, which the adversary and batch metrics use)."
         )
-        sizes = values.value_counts()
-        tiny = sizes[sizes < 2].index.tolist()
-        if tiny:
-            warnings.warn(
-                f"batch_key {batch_key!r}: batches {tiny[:5]} have a single cell; their batch "
-                "effect cannot be learned. Consider merging them.",
-                UserWarning,
-                stacklevel=3,
-            )
-    return Registry(modalities=specs, batch_key=batch_key, batch_categories=categories)
+    covariate_categories = {
+        key: _categories(mdata, key, "categorical_covariate_keys")
+        for key in categorical_covariate_keys
+    }
+    covariate_moments = {
+        key: _continuous_moments(mdata, key, "continuous_covariate_keys", allow_missing=False)
+        for key in continuous_covariate_keys
+    }
+    label_categories: list[str] = []
+    label_moments: list[float] = []
+    if labels_key is None:
+        label_type = None
+    elif label_type == "categorical":
+        label_categories = _label_categories(mdata, labels_key)
+    elif label_type == "continuous":
+        label_moments = _continuous_moments(mdata, labels_key, "labels_key", allow_missing=True)
+    else:
+        raise ValueError(f"label_type must be 'categorical' or 'continuous', got {label_type!r}.")
+    return Registry(
+        modalities=specs,
+        batch_key=batch_key,
+        batch_categories=batch_categories,
+        categorical_covariate_keys=categorical_covariate_keys,
+        covariate_categories=covariate_categories,
+        continuous_covariate_keys=continuous_covariate_keys,
+        covariate_moments=covariate_moments,
+        labels_key=labels_key,
+        label_type=label_type,
+        label_categories=label_categories,
+        label_moments=label_moments,
+    )
+
+
+def _keys(keys: str | Sequence[str] | None, argument: str) -> list[str]:
+    """A list of obs column names from None, one name, or a sequence of names."""
+    if keys is None:
+        return []
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"`{argument}` names a column more than once: {keys}.")
+    return keys
+
+
+def _obs_column(mdata: MuData, key: str, argument: str) -> pd.Series:
+    if key not in mdata.obs:
+        raise ValueError(
+            f"{argument} {key!r} is not a column of mdata.obs (columns: "
+            f"{list(mdata.obs.columns)[:20]}). Add it, e.g. `mdata.obs[{key!r}] = ...`, or "
+            "`mdata.pull_obs()` to copy per-modality columns."
+        )
+    return mdata.obs[key]
+
+
+def _observed_categories(column: pd.Series) -> list[str]:
+    """The categories present in a column, as strings: in category order for a
+    categorical column, sorted otherwise."""
+    values = column.dropna().astype(str)
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return [str(c) for c in column.cat.categories if (values == str(c)).any()]
+    return sorted(values.unique().tolist())
+
+
+def _categories(mdata: MuData, key: str, argument: str) -> list[str]:
+    """Categories of a batch-like obs column; every cell needs a value."""
+    column = _obs_column(mdata, key, argument)
+    if column.isna().any():
+        raise ValueError(
+            f"{argument} {key!r} has {int(column.isna().sum())} missing values; every "
+            "cell needs one. Fill them (e.g. with 'unknown')."
+        )
+    sizes = column.astype(str).value_counts()
+    tiny = sizes[sizes < 2].index.tolist()
+    if tiny:
+        warnings.warn(
+            f"{argument} {key!r}: categories {tiny[:5]} have a single cell; their effect "
+            "cannot be learned. Consider merging them.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return _observed_categories(column)
+
+
+def _continuous_moments(
+    mdata: MuData, key: str, argument: str, *, allow_missing: bool
+) -> list[float]:
+    """``[mean, sd]`` of a numeric obs column (NaN = unlabelled when allowed)."""
+    column = _obs_column(mdata, key, argument)
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        raise TypeError(
+            f"{argument} {key!r} has dtype {column.dtype}; a continuous column must be "
+            "numeric (int or float)."
+        )
+    values = column.to_numpy(dtype=np.float64)
+    missing = np.isnan(values)
+    if np.isinf(values).any():
+        raise ValueError(f"{argument} {key!r} contains infinite values; remove or clip them.")
+    if missing.any() and not allow_missing:
+        raise ValueError(
+            f"{argument} {key!r} has {int(missing.sum())} missing values; every cell needs "
+            "one. Fill them (e.g. with the column's median)."
+        )
+    if (~missing).sum() < 2:
+        raise ValueError(f"{argument} {key!r} needs at least 2 non-missing values.")
+    sd = float(values[~missing].std())
+    return [float(values[~missing].mean()), sd if sd > 0 else 1.0]
+
+
+def _label_categories(mdata: MuData, key: str) -> list[str]:
+    """Classes of a categorical label column; missing values mark unlabelled cells."""
+    categories = _observed_categories(_obs_column(mdata, key, "labels_key"))
+    if len(categories) < 2:
+        raise ValueError(
+            f"labels_key {key!r} has {len(categories)} class(es) among labelled cells "
+            f"({categories}); a categorical label needs at least 2. Unlabelled cells are NaN."
+        )
+    return categories

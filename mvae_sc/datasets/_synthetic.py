@@ -58,6 +58,7 @@ _LIBRARY_LOG_SD = 0.5  # per-cell spread of log library size
 _PEAK_KIND_FRACS = {"linked": 0.5, "type_specific": 0.2, "constitutive": 0.3}
 _TYPE_SPECIFIC_LOGIT = (0.5, 1.5)  # range of the opening of type-specific peaks
 _LINKED_GAIN = (0.4, 1.2)  # range of the gain of linked peaks on their gene's effects
+_OUTCOME_NOISE = 0.5  # sd of the noise of obs["outcome"]
 _ATAC_BATCH_SCALE = 0.5  # ATAC peak-wise batch shift sd, relative to batch_effect
 _PEAK_BASE_LOGIT = -3.8  # mean peak base logit; sets the overall ATAC density
 _CHUNK_ENTRIES = 2**22  # cells x features per dense temporary
@@ -248,6 +249,24 @@ def _sample_negative_binomial(
     return row, col, counts.astype(np.float32)
 
 
+def _outcome(
+    program: np.ndarray, factor: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, pd.Categorical]:
+    """A continuous outcome driven by one program and one continuous factor, and the
+    binary response it implies (see :func:`synthetic_multiome`)."""
+
+    def standardised(v: np.ndarray) -> np.ndarray:
+        return (v - v.mean()) / max(float(v.std()), 1e-12)
+
+    outcome = 0.7 * standardised(program) + 1.0 * standardised(factor)
+    outcome = (outcome + rng.normal(0.0, _OUTCOME_NOISE, size=len(outcome))).astype(np.float64)
+    response = pd.Categorical(
+        np.where(outcome > 0, "responder", "non_responder"),
+        categories=["non_responder", "responder"],
+    )
+    return outcome, response
+
+
 def synthetic_multiome(
     n_cells: int = 5000,
     *,
@@ -305,6 +324,12 @@ def synthetic_multiome(
     - ``obs`` (categoricals): ``cell_type``, ``batch``, ``modality``
       (``"paired"``/``"rna_only"``/``"atac_only"``); each modality's ``obs`` also
       carries ``cell_type`` and ``batch``. ``obsmap[mod]`` is 0 where a cell lacks ``mod``.
+    - ``obs["outcome"]`` (float) and ``obs["response"]`` (categorical,
+      ``"responder"``/``"non_responder"``): a per-cell clinical-like outcome that
+      depends on the latent state, for supervised models. ``outcome = 0.7 *
+      std(a_cell[:, 0]) + 1.0 * std(f[:, 0]) + N(0, 0.5^2)`` (``std`` = standardised over
+      cells: gene program 0 and continuous factor 0), ``response = outcome > 0``. Drawn
+      from a separate random stream, so the omics are those of earlier versions.
     - ``obsm["true_latent"]``: the true program activities and continuous factors.
     - ``uns["heldout"]``: the dropped measurements (absent when every cell is paired);
       read them with :func:`heldout`.
@@ -480,6 +505,9 @@ def synthetic_multiome(
     with mudata.set_options(pull_on_update=False):
         mdata = mudata.MuData({"rna": rna, "atac": atac}, obs=obs.copy())
     mdata.obsm["true_latent"] = true_latent
+    mdata.obs["outcome"], mdata.obs["response"] = _outcome(
+        activity[:, 0], factors[:, 0], np.random.default_rng([seed, 1])
+    )
     held: dict[str, dict[str, Any]] = {}
     if n_rna_only:
         held["atac"] = {"X": atac_x[~has_atac], "obs_names": obs_names[~has_atac].astype(str)}

@@ -33,7 +33,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from . import fusion as fu
-from .experts import Decoder, Encoder
+from .experts import MLP, Decoder, Encoder
 
 FUSIONS = ("poe", "moe", "mopoe")
 DISAGREEMENT_MEASURES = ("cross_likelihood", "symmetric_kl")
@@ -105,6 +105,15 @@ class MVAEModule(nn.Module):
         ``encode_covariates``).
     fusion
         ``"poe"``, ``"moe"`` or ``"mopoe"``.
+    n_batches, adversary_weight
+        With ``adversary_weight > 0`` and two or more batches, a discriminator MLP on z
+        predicts the batch while the encoders, with weight ``adversary_weight`` (times
+        the warm-up factor passed to :meth:`loss`), learn to make its guess uniform.
+    n_label_outputs, label_type, classification_weight
+        A supervised head on z: ``n_label_outputs`` classes (``"categorical"``) or one
+        value (``"continuous"``, standardised); 0 for none. Its loss (cross-entropy or
+        half squared error, averaged over labelled cells) enters the objective times
+        ``classification_weight``.
     """
 
     def __init__(
@@ -118,6 +127,11 @@ class MVAEModule(nn.Module):
         n_covariates: int = 0,
         encode_covariates: bool = False,
         fusion: str = "poe",
+        n_batches: int = 0,
+        adversary_weight: float = 0.0,
+        n_label_outputs: int = 0,
+        label_type: str | None = None,
+        classification_weight: float = 0.0,
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -154,6 +168,13 @@ class MVAEModule(nn.Module):
                 for name, (n_features, lk) in modalities.items()
             }
         )
+        self.adversary_weight = adversary_weight
+        self.discriminator = (
+            _head(n_latent, n_batches, n_hidden) if adversary_weight > 0 and n_batches > 1 else None
+        )
+        self.label_type = label_type
+        self.classification_weight = classification_weight
+        self.classifier = _head(n_latent, n_label_outputs, n_hidden) if n_label_outputs else None
         # Standardisation constants, set from the data by the model wrapper and saved
         # with the weights: per-feature location/scale of Gaussian modalities, and the
         # location/scale of log-depth for Bernoulli cell factors.
@@ -304,7 +325,12 @@ class MVAEModule(nn.Module):
         return out
 
     def loss(
-        self, batch: dict, *, kl_weight: float = 1.0, stratified: bool = True
+        self,
+        batch: dict,
+        *,
+        kl_weight: float = 1.0,
+        stratified: bool = True,
+        adversary_scale: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """Negative ELBO averaged over the cells of the minibatch, with its parts.
 
@@ -320,11 +346,19 @@ class MVAEModule(nn.Module):
             passes — one component per cell drawn with probability ``w_k / W`` and
             its ELBO scaled by ``W = sum_k w_k``; for PoE the joint component is kept
             exact and the draw is among the single-expert components (two passes).
+        adversary_scale
+            Training only: the discriminator's loss and the encoders' adversary loss
+            (times ``adversary_weight * adversary_scale``, the warm-up) are added to
+            ``loss``; see :meth:`_discrimination`. None (validation): the discriminator
+            is only scored.
 
         Returns
         -------
         ``loss`` (what is minimised), ``elbo``, ``kl``, and ``reconstruction_<mod>``
-        (per-cell means).
+        (per-cell means); with a supervised head ``classification_loss`` (and
+        ``classification_accuracy`` for classes), with a discriminator
+        ``discriminator_loss`` and ``discriminator_accuracy``. The heads see every z the
+        ELBO decodes, weighted like its terms.
         """
         mu, logvar, presence = self.encode(batch)
         post = self.posterior(mu, logvar, presence)
@@ -347,6 +381,7 @@ class MVAEModule(nn.Module):
         total_recon = torch.zeros_like(mu[0, :, 0])
         total_kl = torch.zeros_like(total_recon)
         recon_parts = {name: torch.zeros_like(total_recon) for name in self.modality_names}
+        sampled = []  # (z, w, mean of z) of every term, for the heads on z
         for comp_mu, comp_logvar, w in terms:
             qz = Normal(comp_mu, torch.exp(0.5 * comp_logvar))
             z = qz.rsample()
@@ -354,6 +389,7 @@ class MVAEModule(nn.Module):
                 kl = mixture_kl_sample(z, post.mu, post.logvar, post.weight)
             else:
                 kl = kl_divergence(qz, prior).sum(-1)
+            sampled.append((z, w, comp_mu))
             recon = self.reconstruction(z, batch)
             for name, value in recon.items():
                 recon_parts[name] = recon_parts[name] + w * value
@@ -363,4 +399,82 @@ class MVAEModule(nn.Module):
         loss = -(total_recon - kl_weight * total_kl)
         out = {"loss": loss.mean(), "elbo": elbo.mean(), "kl": total_kl.mean()}
         out.update({f"reconstruction_{n}": v.mean() for n, v in recon_parts.items()})
+        if self.classifier is not None and "label" in batch:
+            out.update(self._classification(sampled, batch))
+            out["loss"] = out["loss"] + self.classification_weight * out["classification_loss"]
+        if self.discriminator is not None and "batch_index" in batch:
+            scale = 0.0 if adversary_scale is None else self.adversary_weight * adversary_scale
+            out.update(self._discrimination(sampled, batch["batch_index"], scale))
+            if adversary_scale is not None:
+                out["loss"] = out["loss"] + out["discriminator_loss"] + out["adversary_loss"]
         return out
+
+    def _classification(self, sampled: list, batch: dict) -> dict[str, torch.Tensor]:
+        """Supervised loss over labelled cells, each z weighted like its ELBO term."""
+        labelled = batch["labelled"]
+        target = batch["label"]
+        per_cell = torch.zeros_like(target)
+        total_w = torch.zeros_like(target)
+        for z, w, _ in sampled:
+            prediction = self.classifier(z)
+            if self.label_type == "categorical":
+                value = nn.functional.cross_entropy(prediction, target.long(), reduction="none")
+            else:
+                value = 0.5 * (prediction.squeeze(-1) - target) ** 2
+            per_cell = per_cell + w * value
+            total_w = total_w + w
+        per_cell = per_cell / total_w.clamp(min=1e-12)
+        n_labelled = labelled.sum().clamp(min=1)
+        out = {"classification_loss": torch.where(labelled, per_cell, 0.0).sum() / n_labelled}
+        if self.label_type == "categorical":
+            correct = self.classifier(sampled[0][0]).argmax(-1) == target.long()
+            out["classification_accuracy"] = (correct & labelled).sum() / n_labelled
+        return out
+
+    def _discrimination(
+        self, sampled: list, batch_index: torch.Tensor, scale: float
+    ) -> dict[str, torch.Tensor]:
+        """The adversarial game on the mean of every posterior component the ELBO
+        decodes (means, not samples: the embedding users get is the mean, and sampling
+        noise would hide a batch signal the mean still carries).
+
+        ``discriminator_loss``: its cross-entropy on detached means (trains only the
+        discriminator). ``adversary_loss``: the cross-entropy of the same predictions,
+        with the discriminator's weights frozen, against the uniform distribution over
+        batches, times ``scale`` — it trains only the encoders, towards means from
+        which the batch cannot be told (not towards flipping the guess, as a reversed
+        gradient does, which makes the game oscillate). Accuracy is on the first component (the joint for
+        PoE)."""
+        frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
+        disc = torch.zeros_like(sampled[0][0][:, 0])
+        fool = torch.zeros_like(disc)
+        total_w = torch.zeros_like(disc)
+        for _, w, mean in sampled:
+            logits = self.discriminator(mean.detach())
+            disc = disc + w * nn.functional.cross_entropy(logits, batch_index, reduction="none")
+            if scale > 0:
+                logits = torch.func.functional_call(self.discriminator, frozen, (mean,))
+                fool = fool - w * torch.log_softmax(logits, -1).mean(-1)
+            total_w = total_w + w
+        total_w = total_w.clamp(min=1e-12)
+        with torch.no_grad():
+            guess = self.discriminator(sampled[0][2]).argmax(-1)
+        return {
+            "discriminator_loss": (disc / total_w).mean(),
+            "adversary_loss": scale * (fool / total_w).mean(),
+            "discriminator_accuracy": (guess == batch_index).float().mean(),
+        }
+
+    def predict_labels(self, z: torch.Tensor) -> torch.Tensor:
+        """The supervised head on ``z``: class probabilities ``(B, K)`` or the predicted
+        value ``(B,)`` in standardised units."""
+        prediction = self.classifier(z)
+        if self.label_type == "categorical":
+            return torch.softmax(prediction, -1)
+        return prediction.squeeze(-1)
+
+
+def _head(n_latent: int, n_out: int, n_hidden: int) -> nn.Sequential:
+    """A small MLP on z: one hidden block of ``min(n_hidden, 128)`` units."""
+    width = min(n_hidden, 128)
+    return nn.Sequential(MLP(n_latent, width, n_layers=1, dropout=0.1), nn.Linear(width, n_out))
