@@ -133,7 +133,7 @@ def test_batch_key_must_exist_and_be_complete():
 def test_single_cell_batch_warns():
     mdata = _mudata()
     mdata.obs["sample"] = ["x"] * (mdata.n_obs - 1) + ["lonely"]
-    with pytest.warns(UserWarning, match=r"batches \['lonely'\] have a single cell"):
+    with pytest.warns(UserWarning, match=r"categories \['lonely'\] have a single cell"):
         mvae_sc.MVAE.setup_mudata(mdata, batch_key="sample")
 
 
