@@ -29,6 +29,7 @@ _QUIET_LIGHTNING = (
     r".*The number of training batches.*log_every_n_steps.*",
     r".*GPU available but not used.*",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r".*`training_step` returned `None`.*",  # on purpose: a non-finite loss skips the step
 )
 
 
@@ -284,7 +285,15 @@ class MVAE:
         enable_progress_bar
             Lightning's progress bar.
         **trainer_kwargs
-            Any other ``lightning.pytorch.Trainer`` argument (they take precedence).
+            Any other ``lightning.pytorch.Trainer`` argument (they take precedence;
+            ``callbacks`` are added to the model's own).
+
+        Raises
+        ------
+        FloatingPointError
+            If the loss becomes NaN or infinite: training stops, that step is skipped,
+            the best weights so far are kept, and the message names the epoch and the
+            likely causes.
 
         Examples
         --------
@@ -336,6 +345,8 @@ class MVAE:
             "limit_val_batches": 1.0 if validate else 0,
             "gradient_clip_val": 10.0,
         }
+        # the user's callbacks run beside ours (history, best weights, early stopping)
+        callbacks.extend(trainer_kwargs.pop("callbacks", None) or [])
         options.update(trainer_kwargs)
         with warnings.catch_warnings():
             for pattern in _QUIET_LIGHTNING:
@@ -346,6 +357,20 @@ class MVAE:
             pd.DataFrame(history.rows).set_index("epoch") if history.rows else pd.DataFrame()
         )
         self.is_trained = True
+        if plan.non_finite is not None:
+            best = next((c for c in callbacks if isinstance(c, KeepBestWeights)), None)
+            kept = (
+                f"the weights of the best validation epoch ({best.best_epoch}) were kept"
+                if best is not None and best.best_state is not None
+                else "the weights from before that step were kept"
+            )
+            raise FloatingPointError(
+                f"Training stopped at epoch {plan.non_finite['epoch']} (step "
+                f"{plan.non_finite['step']}): the loss became NaN or infinite; {kept}. "
+                "Likely causes: a learning rate too high for this data (try "
+                f"`train(lr={lr / 10:g})`), or extreme values in a Gaussian modality (check "
+                "for outliers; log-transform skewed features). The model is usable as it is."
+            )
 
     # ---- inference ---------------------------------------------------------------------
     @property

@@ -104,6 +104,7 @@ class TrainingPlan(pl.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.n_steps_kl_warmup = n_steps_kl_warmup
+        self.non_finite: dict[str, int] | None = None  # where the loss became NaN/inf
 
     @property
     def kl_weight(self) -> float:
@@ -143,8 +144,15 @@ class TrainingPlan(pl.LightningModule):
             self.log("kl_weight", kl_weight, on_step=False, on_epoch=True, batch_size=n_cells)
         return out["loss"]
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        loss = self._step(batch, "train")
+        if not torch.isfinite(loss):
+            # Skip this step (returning None leaves the weights untouched) and stop; the
+            # model wrapper turns ``non_finite`` into a clear error.
+            self.non_finite = {"epoch": self.current_epoch, "step": self.global_step}
+            self.trainer.should_stop = True
+            return None
+        return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "validation")
