@@ -255,6 +255,8 @@ class MVAE:
         devices: int | str | Sequence[int] = "auto",
         seed: int = 0,
         enable_progress_bar: bool = True,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
         **trainer_kwargs,
     ) -> None:
         """Train with PyTorch Lightning; restores the weights of the best validation epoch.
@@ -284,6 +286,13 @@ class MVAE:
             Seeds torch, numpy and the train/validation split.
         enable_progress_bar
             Lightning's progress bar.
+        checkpoint_dir, resume
+            Save a checkpoint (``last.ckpt``: weights, optimiser, callbacks, random
+            state) into ``checkpoint_dir`` after every epoch. With ``resume=True`` a run
+            killed mid-way continues from the last checkpoint there, to the same result
+            as an uninterrupted run with the same arguments and seed. Checkpoints are
+            for resuming your own runs (read with ``torch.load(weights_only=True)``,
+            which refuses code); share models with :meth:`save`.
         **trainer_kwargs
             Any other ``lightning.pytorch.Trainer`` argument (they take precedence;
             ``callbacks`` are added to the model's own).
@@ -302,6 +311,8 @@ class MVAE:
         """
         if not 0 < train_size <= 1:
             raise ValueError(f"train_size must be in (0, 1], got {train_size!r}.")
+        if resume and checkpoint_dir is None:
+            raise ValueError("resume=True needs the checkpoint_dir of the run to resume.")
         if batch_size < 2:
             raise ValueError(f"batch_size must be at least 2, got {batch_size!r}.")
         n_cells = self._data.n_cells
@@ -345,13 +356,34 @@ class MVAE:
             "limit_val_batches": 1.0 if validate else 0,
             "gradient_clip_val": 10.0,
         }
+        ckpt_path = None
+        if checkpoint_dir is not None:
+            callbacks.append(
+                pl.callbacks.ModelCheckpoint(
+                    dirpath=checkpoint_dir,
+                    filename="last",
+                    save_top_k=1,
+                    every_n_epochs=1,
+                    enable_version_counter=False,
+                )
+            )
+            options["enable_checkpointing"] = True
+            last = Path(checkpoint_dir) / "last.ckpt"
+            if resume and last.is_file():
+                ckpt_path = str(last)
+            elif resume:
+                logger.info("No checkpoint in %s yet; training from the start.", checkpoint_dir)
         # the user's callbacks run beside ours (history, best weights, early stopping)
         callbacks.extend(trainer_kwargs.pop("callbacks", None) or [])
         options.update(trainer_kwargs)
         with warnings.catch_warnings():
             for pattern in _QUIET_LIGHTNING:
                 warnings.filterwarnings("ignore", message=pattern)
-            pl.Trainer(**options).fit(plan, datamodule=datamodule)
+            if ckpt_path is not None:  # resuming: the directory holds our checkpoint
+                warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+            pl.Trainer(**options).fit(
+                plan, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True
+            )
         self.module.eval()
         self.history = (
             pd.DataFrame(history.rows).set_index("epoch") if history.rows else pd.DataFrame()

@@ -144,6 +144,15 @@ class TrainingPlan(pl.LightningModule):
             self.log("kl_weight", kl_weight, on_step=False, on_epoch=True, batch_size=n_cells)
         return out["loss"]
 
+    # Resuming from a checkpoint continues the random stream (dropout, z samples) where
+    # it was, so a resumed run reproduces an uninterrupted one.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mvae_sc_rng"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "mvae_sc_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["mvae_sc_rng"])
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         loss = self._step(batch, "train")
         if not torch.isfinite(loss):
@@ -182,6 +191,12 @@ class HistoryCallback(pl.Callback):
         row.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         self.rows.append(row)
 
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = list(state_dict["rows"])
+
 
 class KeepBestWeights(pl.Callback):
     """Keeps a copy of the weights with the lowest monitored value and restores them at
@@ -209,3 +224,15 @@ class KeepBestWeights(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.best_state is not None:
             pl_module.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict:
+        return {
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_value = state_dict["best_value"]
+        self.best_epoch = state_dict["best_epoch"]
+        self.best_state = state_dict["best_state"]

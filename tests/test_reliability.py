@@ -172,17 +172,15 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_best_weights(small, monke
             }
 
     monkeypatch.setattr(model.module, "loss", poisoned)
-    with pytest.raises(FloatingPointError, match=r"epoch 3 .*NaN or infinite.*best validation epoch"):
-        model.train(
-            max_epochs=10, enable_progress_bar=False, callbacks=[Poison(), Watch()]
-        )
+    with pytest.raises(
+        FloatingPointError, match=r"epoch 3 .*NaN or infinite.*best validation epoch"
+    ):
+        model.train(max_epochs=10, enable_progress_bar=False, callbacks=[Poison(), Watch()])
     # stopped in epoch 3; the weights are finite and those of a validated epoch
     assert len(model.history) <= 4
     weights = model.module.state_dict()
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
-    assert any(
-        all(torch.equal(weights[k], snap[k]) for k in weights) for snap in best.values()
-    )
+    assert any(all(torch.equal(weights[k], snap[k]) for k in weights) for snap in best.values())
     assert np.isfinite(model.get_latent_representation()).all()
 
 
@@ -209,3 +207,47 @@ def test_same_seed_gives_bitwise_identical_latents_across_processes(tmp_path):
     np.testing.assert_array_equal(outputs[0], outputs[1])
     # and a different seed gives a different result (the test can fail)
     assert not np.array_equal(outputs[0], np.zeros_like(outputs[0]))
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_training_resumes_to_the_same_result(small, tmp_path):
+    def run(checkpoint_dir, *, kill_at=None, resume=False):
+        mdata = small.copy()
+        model = _model(mdata, seed=1)
+        callbacks = []
+        if kill_at is not None:
+
+            class Kill(mvae_sc.train.pl.Callback):
+                def on_train_batch_end(self, trainer, *args):
+                    if trainer.current_epoch == kill_at and trainer.global_step % 3 == 1:
+                        raise _Killed  # mid-epoch, after some steps of it
+
+            callbacks.append(Kill())
+        model.train(
+            max_epochs=6,
+            batch_size=32,
+            enable_progress_bar=False,
+            seed=2,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            callbacks=callbacks,
+        )
+        return model
+
+    straight = run(tmp_path / "straight")
+    with pytest.raises(_Killed):
+        run(tmp_path / "killed", kill_at=3)
+    assert (tmp_path / "killed" / "last.ckpt").is_file()
+    resumed = run(tmp_path / "killed", resume=True)
+    np.testing.assert_array_equal(
+        resumed.get_latent_representation(), straight.get_latent_representation()
+    )
+    assert len(resumed.history) == len(straight.history) == 6
+    np.testing.assert_allclose(
+        resumed.history["train_loss"].to_numpy(), straight.history["train_loss"].to_numpy()
+    )
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        _model(small.copy()).train(max_epochs=1, resume=True)

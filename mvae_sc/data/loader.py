@@ -203,6 +203,32 @@ class MinibatchDataset(torch.utils.data.Dataset):
         return self.data.minibatch(self.cells[np.asarray(positions, dtype=np.int64)])
 
 
+class ShuffledBatches(torch.utils.data.Sampler):
+    """Minibatches of positions ``0..n-1`` in a new random order every epoch.
+
+    The order depends only on ``(seed, epoch)``; Lightning calls :meth:`set_epoch` at
+    the start of every epoch, so a run resumed from a checkpoint sees the same
+    minibatches as an uninterrupted one.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, seed: int = 0, drop_last: bool = False):
+        self.n, self.batch_size, self.seed, self.drop_last = n, batch_size, seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.n // self.batch_size
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield order[start : start + self.batch_size].tolist()
+
+
 def minibatch_loader(
     data: CellData,
     cells: np.ndarray,
@@ -214,13 +240,12 @@ def minibatch_loader(
 ) -> torch.utils.data.DataLoader:
     """A DataLoader of minibatch dicts over ``cells`` (indices into ``data``)."""
     dataset = MinibatchDataset(data, cells)
-    generator = torch.Generator().manual_seed(seed)
-    base = (
-        torch.utils.data.RandomSampler(dataset, generator=generator)
-        if shuffle
-        else torch.utils.data.SequentialSampler(dataset)
-    )
-    sampler = torch.utils.data.BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
+    if shuffle:
+        sampler = ShuffledBatches(len(dataset), batch_size, seed=seed, drop_last=drop_last)
+    else:
+        sampler = torch.utils.data.BatchSampler(
+            torch.utils.data.SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last
+        )
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None)
 
 
