@@ -96,7 +96,9 @@ def test_supervised_head_predicts_held_out_response(outcome_data, hide):
     accuracy = balanced_accuracy_score(truth[test], predicted[test])
     assert accuracy > 0.7, accuracy  # chance: 0.5
     pcs, has_rna = _rna_pcs(mdata)
-    baseline = LogisticRegression(max_iter=2000).fit(pcs[labelled & has_rna], truth[labelled & has_rna])
+    baseline = LogisticRegression(max_iter=2000).fit(
+        pcs[labelled & has_rna], truth[labelled & has_rna]
+    )
     on_rna = test & has_rna
     ours = balanced_accuracy_score(truth[on_rna], predicted[on_rna])
     theirs = balanced_accuracy_score(truth[on_rna], baseline.predict(pcs[on_rna]))

@@ -33,7 +33,9 @@ def test_covariates_are_registered_and_encoded(mdata):
     reg = Registry.from_mudata(mdata)
     assert reg.covariate_categories == {"donor": ["d1", "d2"]}
     assert reg.n_covariates == 2 + 2 + 1
-    np.testing.assert_allclose(reg.covariate_moments["pct_mito"], [5.0, np.std(mdata.obs["pct_mito"])])
+    np.testing.assert_allclose(
+        reg.covariate_moments["pct_mito"], [5.0, np.std(mdata.obs["pct_mito"])]
+    )
     batch = CellData(mdata, reg).minibatch(np.arange(6))
     cov = batch["covariates"].numpy()
     assert cov.shape == (6, 5)
@@ -131,8 +133,14 @@ def test_adversary_gradients_train_each_side_only(mdata):
     def grads(loss):
         module.zero_grad()
         loss.backward(retain_graph=True)
-        disc = sum(float(p.grad.abs().sum()) for p in module.discriminator.parameters() if p.grad is not None)
-        enc = sum(float(p.grad.abs().sum()) for p in module.encoders.parameters() if p.grad is not None)
+        disc = sum(
+            float(p.grad.abs().sum())
+            for p in module.discriminator.parameters()
+            if p.grad is not None
+        )
+        enc = sum(
+            float(p.grad.abs().sum()) for p in module.encoders.parameters() if p.grad is not None
+        )
         return disc, enc
 
     disc, enc = grads(out["discriminator_loss"])
@@ -187,7 +195,8 @@ def test_predict_writes_classes_and_probabilities(mdata):
     assert list(proba.columns) == ["non_responder", "responder"]
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(
-        mdata.obs["mvae_pred_response"].astype(str), proba.to_numpy().argmax(1).choose(proba.columns)
+        mdata.obs["mvae_pred_response"].astype(str),
+        proba.to_numpy().argmax(1).choose(proba.columns),
     )
     assert mdata.uns["mvae_pred_response"]["params"]["label_type"] == "categorical"
     assert "train_classification_loss" in model.history

@@ -150,5 +150,6 @@ def test_consistency_is_nan_for_single_modality_cells(patchseq):
     assert np.isnan(score[n_present == 1]).all()
     assert np.isfinite(score[n_present >= 2]).all()
     assert (
-        "agreement" in mdata.obs and mdata.uns["agreement"]["params"]["measure"] == "cross_likelihood"
+        "agreement" in mdata.obs
+        and mdata.uns["agreement"]["params"]["measure"] == "cross_likelihood"
     )
