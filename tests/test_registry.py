@@ -145,3 +145,38 @@ def test_not_a_mudata():
 def test_model_requires_registration():
     with pytest.raises(ValueError, match=r"has not been registered.*setup_mudata"):
         mvae_sc.MVAE(_mudata())
+
+
+def test_backed_mudata_is_a_clear_error(tmp_path):
+    mdata = _mudata()
+    mdata.write(tmp_path / "d.h5mu")
+    backed = md.read_h5mu(tmp_path / "d.h5mu", backed=True)
+    with pytest.raises(ValueError, match=r"backed.*read_h5mu\(path\)"):
+        mvae_sc.MVAE.setup_mudata(backed)
+    assert "mvae_sc" not in md.read_h5mu(tmp_path / "d.h5mu").uns
+
+
+def test_duplicated_names_are_refused():
+    mdata = _mudata()
+    mdata.mod["rna"].var_names = ["g0", "g0", "g1", "g2", "g3"]
+    with pytest.raises(ValueError, match=r"'rna' var has duplicated names.*var_names_make_unique"):
+        mvae_sc.MVAE.setup_mudata(mdata)
+
+
+def test_modality_without_features_is_refused():
+    mdata = _mudata()
+    mdata.mod["atac"] = mdata.mod["atac"][:, []].copy()
+    with pytest.raises(ValueError, match=r"'atac' has 8 cells and 0 features"):
+        mvae_sc.MVAE.setup_mudata(mdata)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float32, np.float64])
+@pytest.mark.parametrize("sparse", [True, False])
+def test_dense_sparse_int_float_are_accepted(dtype, sparse):
+    mdata = _mudata()
+    for name in ("rna", "atac"):
+        x = mdata.mod[name].X.toarray().astype(dtype)
+        mdata.mod[name].X = sp.csr_matrix(x) if sparse else x
+    mvae_sc.MVAE.setup_mudata(mdata)
+    model = mvae_sc.MVAE(mdata, n_latent=2, n_hidden=4)
+    assert np.isfinite(model.get_latent_representation()).all()

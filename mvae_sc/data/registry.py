@@ -157,6 +157,13 @@ def build_registry(
             f"Expected a mudata.MuData, got {type(mdata).__name__}. Wrap AnnData objects with "
             "`mudata.MuData({'rna': adata_rna, 'atac': adata_atac})`."
         )
+    backed = [name for name, adata in mdata.mod.items() if adata.isbacked]
+    if mdata.isbacked or backed:
+        raise ValueError(
+            f"This MuData is backed (opened with backed=True; modalities {backed} read from "
+            "disk), which mvae_sc does not train on yet. Load it into memory: "
+            "`mdata = mudata.read_h5mu(path)` without `backed=`."
+        )
     if modalities is None:
         modalities = {k: v for k, v in DEFAULT_LIKELIHOODS.items() if k in mdata.mod}
         if not modalities:
