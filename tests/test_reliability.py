@@ -251,3 +251,38 @@ def test_killed_training_resumes_to_the_same_result(small, tmp_path):
     )
     with pytest.raises(ValueError, match="checkpoint_dir"):
         _model(small.copy()).train(max_epochs=1, resume=True)
+
+
+def test_interrupted_h5mu_write_leaves_no_file(small, tmp_path, monkeypatch):
+    from mvae_sc.cli import write_h5mu_atomic
+
+    target = tmp_path / "out.h5mu"
+    target.write_bytes(b"previous result")
+
+    def crash(self, filename, *args, **kwargs):
+        with open(filename, "wb") as handle:
+            handle.write(b"half")  # a partial file, then the failure
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(small), "write", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_h5mu_atomic(small, target)
+    assert target.read_bytes() == b"previous result"  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["out.h5mu"]  # no temporary left
+
+
+def test_loaded_model_reorders_features(small, tmp_path):
+    mdata = small.copy()
+    model = _model(mdata)
+    z = model.get_latent_representation()
+    imputed = model.impute("rna")
+    model.save(tmp_path / "m")
+    shuffled = mdata.copy()
+    rng = np.random.default_rng(0)
+    for name in ("rna", "atac"):
+        order = rng.permutation(shuffled.mod[name].n_vars)
+        shuffled.mod[name] = shuffled.mod[name][:, order].copy()
+    loaded = mvae_sc.MVAE.load(tmp_path / "m", shuffled)
+    np.testing.assert_allclose(loaded.get_latent_representation(), z, rtol=1e-5, atol=1e-6)
+    # imputations come back in the model's feature order
+    np.testing.assert_allclose(loaded.impute("rna"), imputed, rtol=1e-5, atol=1e-6)
