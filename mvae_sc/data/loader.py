@@ -204,29 +204,72 @@ class MinibatchDataset(torch.utils.data.Dataset):
 
 
 class ShuffledBatches(torch.utils.data.Sampler):
-    """Minibatches of positions ``0..n-1`` in a new random order every epoch.
+    """Minibatches of positions ``0..n-1`` in a new random order every epoch, sharded
+    across distributed ranks.
 
     The order depends only on ``(seed, epoch)``; Lightning calls :meth:`set_epoch` at
     the start of every epoch, so a run resumed from a checkpoint sees the same
-    minibatches as an uninterrupted one.
+    minibatches as an uninterrupted one. Under ``torch.distributed`` (DDP) every rank
+    takes a disjoint, contiguous share of the epoch's order (shares differ by at most
+    one cell) and cuts it into the same number of minibatches, so the ranks step
+    together and every cell is seen exactly once per epoch: none duplicated, none lost.
+
+    Parameters
+    ----------
+    n
+        Number of positions.
+    batch_size
+        Cells per minibatch on each rank (the last ones may be one cell smaller).
+    seed
+        Seed of the order.
+    drop_last
+        Drop a last, incomplete minibatch (single-process only).
+    rank, world_size
+        The shard to serve; default: from ``torch.distributed`` when initialised, else
+        ``0`` and ``1``.
     """
 
-    def __init__(self, n: int, batch_size: int, *, seed: int = 0, drop_last: bool = False):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
         self.n, self.batch_size, self.seed, self.drop_last = n, batch_size, seed, drop_last
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _shard(self) -> tuple[int, int]:
+        if self.world_size is not None:
+            return self.rank or 0, self.world_size
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
     def __len__(self) -> int:
-        if self.drop_last:
+        _, world = self._shard()
+        if world == 1 and self.drop_last:
             return self.n // self.batch_size
-        return -(-self.n // self.batch_size)
+        largest_share = -(-self.n // world)
+        return max(1, -(-largest_share // self.batch_size))
 
     def __iter__(self) -> Iterator[list[int]]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield order[start : start + self.batch_size].tolist()
+        rank, world = self._shard()
+        if world == 1 and self.drop_last:
+            order = order[: len(self) * self.batch_size]
+        share = np.array_split(order, world)[rank]
+        for batch in np.array_split(share, len(self)):
+            if len(batch):
+                yield batch.tolist()
 
 
 def minibatch_loader(
