@@ -286,3 +286,17 @@ def test_loaded_model_reorders_features(small, tmp_path):
     np.testing.assert_allclose(loaded.get_latent_representation(), z, rtol=1e-5, atol=1e-6)
     # imputations come back in the model's feature order
     np.testing.assert_allclose(loaded.impute("rna"), imputed, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_inference_equals_unchunked(small):
+    mdata = small.copy()
+    model = _model(mdata)
+    whole = model.impute("atac", batch_size=10_000, key_added="whole")
+    chunked = model.impute("atac", batch_size=7, key_added="chunked")
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        model.get_latent_representation(batch_size=7, key_added="a"),
+        model.get_latent_representation(batch_size=10_000, key_added="b"),
+        rtol=1e-5,
+        atol=1e-6,
+    )
