@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -282,6 +283,9 @@ class MVAE:
             ``max_epochs``, at most 50).
         accelerator, devices
             Passed to ``lightning.pytorch.Trainer``; ``"auto"`` uses a GPU when present.
+            Several devices or nodes: ``train(strategy="ddp", devices=N, num_nodes=M)``
+            (launched by ``torchrun`` or SLURM ``srun``, see README); every cell is seen
+            once per epoch across the ranks and ``batch_size`` is per rank.
         seed
             Seeds torch, numpy and the train/validation split.
         enable_progress_bar
@@ -355,6 +359,8 @@ class MVAE:
             "num_sanity_val_steps": 0,
             "limit_val_batches": 1.0 if validate else 0,
             "gradient_clip_val": 10.0,
+            # our sampler shards cells across DDP ranks itself (ShuffledBatches)
+            "use_distributed_sampler": False,
         }
         ckpt_path = None
         if checkpoint_dir is not None:
@@ -403,6 +409,15 @@ class MVAE:
                 f"`train(lr={lr / 10:g})`), or extreme values in a Gaussian modality (check "
                 "for outliers; log-transform skewed features). The model is usable as it is."
             )
+
+    @property
+    def is_global_zero(self) -> bool:
+        """True in the one process that should write results: rank 0 of a distributed
+        (DDP) run, or the only process otherwise."""
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank() == 0
+        return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0
 
     # ---- inference ---------------------------------------------------------------------
     @property

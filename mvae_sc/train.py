@@ -139,6 +139,8 @@ class TrainingPlan(pl.LightningModule):
                 on_epoch=True,
                 batch_size=size,
                 prog_bar=key == "loss",
+                # under DDP each rank sees its own cells: average the epoch over ranks
+                sync_dist=self.trainer.world_size > 1,
             )
         if stage == "train":
             self.log("kl_weight", kl_weight, on_step=False, on_epoch=True, batch_size=n_cells)
