@@ -1,0 +1,938 @@
+"""Compare mvae_sc with scvi-tools' MULTIVI on the same mosaic multiome data.
+
+Usage::
+
+    python benchmarks/compare_multivi.py                         # synthetic, 5000 cells
+    python benchmarks/compare_multivi.py --smoke                 # 600 cells, 3 epochs each
+    python benchmarks/compare_multivi.py --dataset my.h5mu --label-key cell_type --batch-key sample
+    python benchmarks/compare_multivi.py --dataset shared        # every ../shared/data/*.h5mu
+
+Run it with one compute thread per process, as the project machines do::
+
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/compare_multivi.py
+
+Needs the ``[bench]`` extra (``pip install -e ".[bench]"``, which installs scvi-tools).
+
+What it does
+------------
+Data. ``--dataset synthetic`` simulates ``synthetic_multiome(n_cells, n_batches=2)``:
+60% paired, 20% RNA-only, 20% ATAC-only cells, with the dropped measurements kept as
+held-out truth. ``--dataset PATH.h5mu`` reads a real multiome MuData (mods ``"rna"`` and
+``"atac"``, raw counts), keeps at most ``--n-cells`` cells (random, seeded; 0 keeps all),
+drops features seen in fewer than ``--min-feature-frac`` of the cells (as the MultiVI
+tutorial does), then hides ATAC from 20% of the paired cells and RNA from another 20%
+(:func:`mvae_sc.datasets.hide_modality`), which gives the same 60/20/20 mosaic with
+held-out truth. ``--dataset shared`` loops over every ``*.h5mu`` in ``../shared/data``.
+
+Models. Both at latent size 20 and hidden width 256, otherwise at their own defaults,
+each with its own early stopping (mvae_sc: validation ELBO, patience 20; MultiVI:
+validation reconstruction loss, patience 50). ``--max-epochs N`` caps both (an equal
+budget); ``--multivi-max-epochs N`` caps MultiVI only; ``--no-early-stopping`` runs the
+full budget. MultiVI gets the data the way it expects it: scvi-tools' MuData path needs
+every cell in every modality, so missing modalities are padded with zero rows (what
+``scvi.data.organize_multiome_anndatas`` does; MultiVI detects a missing modality by an
+all-zero row), the cell's modality (paired / expression / accessibility) is the main
+``batch_key`` as MultiVI's documentation asks (its adversary then mixes modalities) and
+the experimental batch is a ``categorical_covariate_keys`` entry. MultiVI's imputations
+come from its own ``get_normalized_accessibility`` (with region factors, as mvae_sc's
+``impute``) and ``get_normalized_expression``, decoded under the "paired" category
+(``transform_batch``); the observed-category variants are kept in the JSON.
+
+Each method is trained in its own child process (this script with ``--method``), so its
+peak RSS is its own. The child writes the latent spaces and imputations; this process
+computes every metric with the same code (``mvae_sc.metrics``).
+
+Outputs in ``--out-dir`` (default ``benchmarks/results/``):
+``compare_multivi_<dataset>_n<cells>.json`` (everything), ``.md`` (a table, methods as
+columns) and ``.png`` (bar chart of the quality metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+DEFAULT_OUT = REPO / "benchmarks" / "results"
+METHODS = ("mvae_sc", "multivi")
+N_LATENT = 20
+N_HIDDEN = 256
+HIDE_FRAC = 0.2
+SMOKE_CELLS = 600
+SMOKE_EPOCHS = 3
+
+# Columns written by `load_dataset` into obs: what every later step reads.
+LABEL, BATCH, MODALITY = "_bench_label", "_bench_batch", "_bench_modality"
+
+# (key, row label, better: "up" / "down" / None, quality metric shown in the figure)
+ROWS: list[tuple[str, str, str | None, bool]] = [
+    ("ari", "Leiden ARI vs cell type", "up", True),
+    ("nmi", "Leiden NMI vs cell type", "up", True),
+    ("silhouette_label", "Cell-type silhouette (rescaled)", "up", True),
+    ("knn_rna_only_to_atac_only", "kNN label agreement, RNA-only -> ATAC-only", "up", True),
+    ("batch_entropy", "Batch entropy (50 NN)", "up", True),
+    ("ilisi", "iLISI (rescaled)", "up", True),
+    ("batch_predictability", "Batch predictability (balanced acc.)", "down", True),
+    ("modality_entropy", "Modality mixing entropy (50 NN)", "up", True),
+    ("foscttm_paired", "FOSCTTM, paired cells, each modality alone", "down", True),
+    ("atac_auroc_rna_only", "ATAC imputation AUROC, RNA-only cells", "up", True),
+    ("rna_pearson_gene_atac_only", "RNA imputation Pearson per gene, ATAC-only cells", "up", True),
+    ("rna_pearson_cell_atac_only", "RNA imputation Pearson per cell, ATAC-only cells", "up", True),
+    ("epochs", "Epochs run (max)", None, False),
+    ("train_seconds", "Training wall time (s)", "down", False),
+    ("seconds_per_epoch", "Time per epoch (s)", "down", False),
+    ("peak_rss_mb_after_data", "Peak RSS before training: imports + data (MB)", "down", False),
+    ("peak_rss_mb_train", "Peak RSS after training (MB)", "down", False),
+    ("peak_rss_mb", "Peak RSS incl. inference (MB)", "down", False),
+]
+ARROW = {"up": "↑", "down": "↓", None: ""}
+
+
+# ----------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------
+
+
+def _presence(mdata, mod: str) -> np.ndarray:
+    return np.asarray(mdata.obsmap[mod]).ravel() > 0
+
+
+def _modality_labels(mdata) -> np.ndarray:
+    rna, atac = _presence(mdata, "rna"), _presence(mdata, "atac")
+    return np.where(rna & atac, "paired", np.where(rna, "rna_only", "atac_only"))
+
+
+def _obs_column(mdata, key: str) -> pd.Series | None:
+    """An obs column of the MuData, or of its modalities (``rna`` first), aligned to cells."""
+    if key in mdata.obs.columns:
+        return mdata.obs[key]
+    values = pd.Series(np.nan, index=mdata.obs_names, dtype=object)
+    found = False
+    for mod in ("rna", "atac"):
+        if f"{mod}:{key}" in mdata.obs.columns:
+            column = mdata.obs[f"{mod}:{key}"].astype(object)
+        elif key in mdata.mod[mod].obs.columns:
+            column = mdata.mod[mod].obs[key].astype(object).reindex(mdata.obs_names)
+        else:
+            continue
+        found = True
+        values = values.where(values.notna(), column)
+    return values if found else None
+
+
+def _read_real(path: Path, args: argparse.Namespace):
+    import mudata
+
+    import mvae_sc
+
+    mdata = mudata.read_h5mu(path)
+    missing = {"rna", "atac"} - set(mdata.mod)
+    if missing:
+        raise ValueError(f"{path} lacks modalities {sorted(missing)}; it has {list(mdata.mod)}")
+    labels = _obs_column(mdata, args.label_key)
+    if labels is None:
+        raise ValueError(f"{path} has no obs column {args.label_key!r} (--label-key)")
+    batches = None if args.batch_key is None else _obs_column(mdata, args.batch_key)
+    if args.batch_key is not None and batches is None:
+        raise ValueError(f"{path} has no obs column {args.batch_key!r} (--batch-key)")
+    rng = np.random.default_rng(args.seed)
+    if args.n_cells and mdata.n_obs > args.n_cells:
+        keep = np.sort(rng.choice(mdata.n_obs, size=args.n_cells, replace=False))
+        names = mdata.obs_names[keep]
+        mods = {
+            m: a[a.obs_names.isin(names)].copy()
+            for m, a in mdata.mod.items()
+            if m in ("rna", "atac")
+        }
+    else:
+        names = mdata.obs_names
+        mods = {m: mdata.mod[m].copy() for m in ("rna", "atac")}
+    for mod, layer in (("rna", args.rna_layer), ("atac", args.atac_layer)):
+        adata = mods[mod]
+        if layer is not None:
+            adata.X = adata.layers[layer]
+        adata.X = sparse.csr_matrix(adata.X, dtype=np.float32)
+        adata.layers.clear()
+        if args.min_feature_frac > 0:
+            n_cells_seen = np.asarray((adata.X > 0).sum(axis=0)).ravel()
+            mods[mod] = adata[:, n_cells_seen >= args.min_feature_frac * adata.n_obs].copy()
+    obs = pd.DataFrame(index=names)
+    obs[LABEL] = labels.reindex(names).to_numpy()
+    obs[BATCH] = "all" if batches is None else batches.reindex(names).astype(str).to_numpy()
+    with mudata.set_options(pull_on_update=False):
+        mdata = mudata.MuData(mods, obs=obs)
+    # Hide ATAC from 20% of the paired cells, then RNA from 20% of the original paired
+    # cells among those still paired (0.2 / 0.8 of them): 60/20/20 with held-out truth.
+    mdata = mvae_sc.datasets.hide_modality(mdata, "atac", frac=HIDE_FRAC, seed=args.seed)
+    mdata = mvae_sc.datasets.hide_modality(
+        mdata, "rna", frac=HIDE_FRAC / (1 - HIDE_FRAC), seed=args.seed + 1
+    )
+    return mdata
+
+
+def load_dataset(args: argparse.Namespace):
+    """The benchmark MuData, with obs LABEL, BATCH, MODALITY and held-out truth."""
+    import mudata
+
+    import mvae_sc
+
+    mudata.set_options(pull_on_update=False)
+    if args.dataset == "synthetic":
+        mdata = mvae_sc.datasets.synthetic_multiome(args.n_cells, n_batches=2, seed=args.seed)
+        mdata.obs[LABEL] = mdata.obs["cell_type"].astype(str)
+        mdata.obs[BATCH] = mdata.obs["batch"].astype(str)
+    else:
+        mdata = _read_real(Path(args.dataset), args)
+    mdata.obs[MODALITY] = _modality_labels(mdata)
+    return mdata
+
+
+def dataset_name(args: argparse.Namespace) -> str:
+    return "synthetic" if args.dataset == "synthetic" else Path(args.dataset).stem
+
+
+def _fingerprint(mdata) -> str:
+    text = (
+        "\n".join(mdata.obs_names)
+        + "|"
+        + "|".join(f"{m}:{a.n_obs}x{a.n_vars}" for m, a in mdata.mod.items())
+    )
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------------------
+# child: train one method, write its latents and imputations
+# ----------------------------------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 1024**2
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1)
+
+
+def _epoch_budget(args: argparse.Namespace, method: str) -> int | None:
+    budget = args.max_epochs
+    if method == "multivi" and args.multivi_max_epochs is not None:
+        budget = args.multivi_max_epochs if budget is None else min(budget, args.multivi_max_epochs)
+    return budget
+
+
+def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
+    import mvae_sc
+
+    mvae_sc.MVAE.setup_mudata(mdata, batch_key=BATCH if mdata.obs[BATCH].nunique() > 1 else None)
+    model = mvae_sc.MVAE(mdata, n_latent=N_LATENT, n_hidden=N_HIDDEN, seed=args.seed)
+    max_epochs = _epoch_budget(args, "mvae_sc")
+    rss_data = _peak_rss_mb()
+    start = time.perf_counter()
+    model.train(
+        max_epochs=max_epochs,
+        early_stopping=not args.no_early_stopping,
+        seed=args.seed,
+        enable_progress_bar=False,
+    )
+    train_seconds = time.perf_counter() - start
+    rss_train = _peak_rss_mb()
+    epochs = len(model.history)
+    paired = mdata.obs[MODALITY].to_numpy() == "paired"
+    atac_truth = mvae_sc.datasets.heldout(mdata, "atac")
+    rna_truth = mvae_sc.datasets.heldout(mdata, "rna")
+    arrays = {
+        "latent": model.get_latent_representation(),
+        "latent_rna_paired": model.get_latent_representation(modality="rna")[paired],
+        "latent_atac_paired": model.get_latent_representation(modality="atac")[paired],
+        "imputed_atac": model.impute("atac")[mdata.obs_names.get_indexer(atac_truth.obs_names)],
+        "imputed_rna": model.impute("rna")[mdata.obs_names.get_indexer(rna_truth.obs_names)],
+    }
+    info = {
+        "epochs": epochs,
+        "max_epochs": max_epochs,
+        "early_stopping": not args.no_early_stopping,
+        "stopped_early": None,
+        "train_seconds": train_seconds,
+        "peak_rss_mb_after_data": rss_data,
+        "peak_rss_mb_train": rss_train,
+        "settings": {
+            "n_latent": N_LATENT,
+            "n_hidden": N_HIDDEN,
+            "n_layers": 2,
+            "likelihoods": "rna: nb, atac: bernoulli (defaults)",
+            "fusion": "poe",
+            "batch": f"batch_key={BATCH!r} (one-hot into the decoders)",
+            "early_stopping": "validation ELBO, patience 20, best weights restored",
+            "imputation": "impute(target): decoded from the modalities each cell has; "
+            "RNA as expression per 10k, ATAC probability incl. region factor",
+        },
+    }
+    # The default budget is computed inside train() (MVAE.train's rule); repeat it here.
+    if max_epochs is None:
+        n_train = math.ceil(0.9 * mdata.n_obs)
+        info["max_epochs"] = int(np.clip(round(8000 / max(1, n_train // 128)), 20, 400))
+    info["stopped_early"] = bool(epochs < info["max_epochs"])
+    return info, arrays
+
+
+def _padded_mudata(mdata):
+    """MuData with every cell in both modalities: zero rows where a modality is missing.
+
+    scvi-tools' MuData path requires fully paired modalities ("pad the unpaired
+    modalities"); MultiVI marks a modality missing for a cell whose row sums to zero, as
+    in ``scvi.data.organize_multiome_anndatas``.
+    """
+    import anndata as ad
+    import mudata
+
+    n_obs = mdata.n_obs
+    mods = {}
+    for mod in ("rna", "atac"):
+        adata = mdata.mod[mod]
+        rows = adata.obs_names.get_indexer(mdata.obs_names)  # -1 where absent
+        present = np.flatnonzero(rows >= 0)
+        selector = sparse.csr_matrix(
+            (np.ones(present.size, dtype=np.float32), (present, rows[present])),
+            shape=(n_obs, adata.n_obs),
+        )
+        x = (selector @ sparse.csr_matrix(adata.X, dtype=np.float32)).tocsr()
+        mods[mod] = ad.AnnData(
+            X=x, obs=pd.DataFrame(index=mdata.obs_names), var=adata.var[[]].copy()
+        )
+    obs = mdata.obs[[LABEL, BATCH, MODALITY]].copy()
+    # MultiVI's modality vocabulary (organize_multiome_anndatas): paired / expression /
+    # accessibility.
+    obs["_multivi_modality"] = (
+        obs[MODALITY]
+        .map({"paired": "paired", "rna_only": "expression", "atac_only": "accessibility"})
+        .astype("category")
+    )
+    obs[BATCH] = obs[BATCH].astype("category")
+    with mudata.set_options(pull_on_update=False):
+        padded = mudata.MuData(mods, obs=obs)
+    return padded
+
+
+def train_multivi(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
+    import logging
+
+    import scvi
+
+    import mvae_sc
+
+    scvi.settings.verbosity = logging.WARNING
+    scvi.settings.seed = args.seed
+    padded = _padded_mudata(mdata)
+    # A measured cell with an all-zero row would count as missing for MultiVI.
+    zero_rows = {
+        mod: int(
+            (np.asarray(padded.mod[mod].X.sum(axis=1)).ravel() == 0)[_presence(mdata, mod)].sum()
+        )
+        for mod in ("rna", "atac")
+    }
+    n_batches = padded.obs[BATCH].nunique()
+    scvi.model.MULTIVI.setup_mudata(
+        padded,
+        batch_key="_multivi_modality",
+        categorical_covariate_keys=[BATCH] if n_batches > 1 else None,
+        modalities={"rna_layer": "rna", "atac_layer": "atac"},
+    )
+    model = scvi.model.MULTIVI(padded, n_latent=N_LATENT, n_hidden=N_HIDDEN)
+    max_epochs = _epoch_budget(args, "multivi")
+    train_kwargs = {} if max_epochs is None else {"max_epochs": max_epochs}
+    rss_data = _peak_rss_mb()
+    start = time.perf_counter()
+    model.train(
+        early_stopping=not args.no_early_stopping,
+        enable_progress_bar=False,
+        **train_kwargs,
+    )
+    train_seconds = time.perf_counter() - start
+    rss_train = _peak_rss_mb()
+    epochs = len(model.history["elbo_train"])
+    budget = max_epochs if max_epochs is not None else 500  # MULTIVI.train's default
+    modality = padded.obs[MODALITY].to_numpy()
+    paired = np.flatnonzero(modality == "paired")
+    atac_truth = mvae_sc.datasets.heldout(mdata, "atac")
+    rna_truth = mvae_sc.datasets.heldout(mdata, "rna")
+    atac_cells = padded.obs_names.get_indexer(atac_truth.obs_names)
+    rna_cells = padded.obs_names.get_indexer(rna_truth.obs_names)
+    arrays = {
+        "latent": model.get_latent_representation(),
+        "latent_rna_paired": model.get_latent_representation(modality="expression", indices=paired),
+        "latent_atac_paired": model.get_latent_representation(
+            modality="accessibility", indices=paired
+        ),
+        # Accessibility probability times the region factors (as mvae_sc's impute): AUROC
+        # over all (cell, peak) entries depends on the per-peak scale. Decoded under the
+        # "paired" modality category, the only one whose decoders were trained on both
+        # modalities (the decoder never reconstructs ATAC for an "expression" cell, nor RNA
+        # for an "accessibility" cell).
+        "imputed_atac": model.get_normalized_accessibility(
+            indices=atac_cells, transform_batch="paired", normalize_regions=True, return_numpy=True
+        ),
+        "imputed_atac__no_region_factors": model.get_normalized_accessibility(
+            indices=atac_cells, transform_batch="paired", return_numpy=True
+        ),
+        "imputed_atac__observed_modality_batch": model.get_normalized_accessibility(
+            indices=atac_cells, normalize_regions=True, return_numpy=True
+        ),
+        "imputed_rna": model.get_normalized_expression(
+            indices=rna_cells, transform_batch="paired", return_numpy=True
+        ),
+        "imputed_rna__observed_modality_batch": model.get_normalized_expression(
+            indices=rna_cells, return_numpy=True
+        ),
+    }
+    info = {
+        "epochs": epochs,
+        "max_epochs": budget,
+        "early_stopping": not args.no_early_stopping,
+        "stopped_early": bool(epochs < budget),
+        "measured_cells_with_zero_counts": zero_rows,
+        "train_seconds": train_seconds,
+        "peak_rss_mb_after_data": rss_data,
+        "peak_rss_mb_train": rss_train,
+        "settings": {
+            "n_latent": N_LATENT,
+            "n_hidden": N_HIDDEN,
+            "n_layers_encoder/decoder": 2,
+            "likelihoods": "rna: zinb, atac: bernoulli (defaults)",
+            "modality_weights": "equal",
+            "modality_penalty": "Jeffreys",
+            "batch": "batch_key='_multivi_modality' (paired/expression/accessibility; "
+            "adversarial mixing over it), experimental batch as categorical covariate",
+            "missing modality": "zero-padded rows (MultiVI detects all-zero rows)",
+            "early_stopping": "validation reconstruction loss, patience 50",
+            "imputation": "get_normalized_accessibility(transform_batch='paired', "
+            "normalize_regions=True); get_normalized_expression(transform_batch='paired')",
+            "foscttm_latents": "get_latent_representation(modality='expression' / 'accessibility')",
+        },
+    }
+    return info, arrays
+
+
+def child_main(args: argparse.Namespace) -> None:
+    import torch
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    mdata = load_dataset(args)
+    train = train_mvae_sc if args.method == "mvae_sc" else train_multivi
+    info, arrays = train(mdata, args)
+    info["peak_rss_mb"] = _peak_rss_mb()
+    info["torch_threads"] = torch.get_num_threads()
+    info["fingerprint"] = _fingerprint(mdata)
+    info["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    np.savez(
+        args.child_out + ".npz", **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+    )
+    with open(args.child_out + ".json", "w") as fh:
+        json.dump(info, fh)
+
+
+# ----------------------------------------------------------------------------------------
+# parent: run children, compute metrics, report
+# ----------------------------------------------------------------------------------------
+
+
+def _child_command(args: argparse.Namespace, method: str, out: str) -> list[str]:
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--method",
+        method,
+        "--child-out",
+        out,
+        "--dataset",
+        args.dataset,
+        "--n-cells",
+        str(args.n_cells),
+        "--seed",
+        str(args.seed),
+        "--label-key",
+        args.label_key,
+        "--min-feature-frac",
+        str(args.min_feature_frac),
+    ]
+    for flag, value in (
+        ("--batch-key", args.batch_key),
+        ("--max-epochs", args.max_epochs),
+        ("--multivi-max-epochs", args.multivi_max_epochs),
+        ("--rna-layer", args.rna_layer),
+        ("--atac-layer", args.atac_layer),
+    ):
+        if value is not None:
+            command += [flag, str(value)]
+    if args.no_early_stopping:
+        command.append("--no-early-stopping")
+    return command
+
+
+def run_method(args: argparse.Namespace, method: str, workdir: str) -> tuple[dict, dict]:
+    out = os.path.join(workdir, method)
+    command = _child_command(args, method, out)
+    print(f"[compare_multivi] training {method} in a child process ...", flush=True)  # noqa: T201
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    wall = time.perf_counter() - start
+    with open(out + ".json") as fh:
+        info = json.load(fh)
+    info["child_wall_seconds"] = wall
+    with np.load(out + ".npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return info, arrays
+
+
+def compute_metrics(mdata, arrays: dict, seed: int) -> dict:
+    import mvae_sc
+    from mvae_sc import metrics
+
+    labels = mdata.obs[LABEL].to_numpy()
+    batches = mdata.obs[BATCH].to_numpy()
+    modality = mdata.obs[MODALITY].to_numpy()
+    latent = arrays["latent"].astype(np.float64)
+    labelled = pd.notna(mdata.obs[LABEL]).to_numpy()
+    z, y = latent[labelled], labels[labelled].astype(str)
+    result: dict[str, float | None] = {}
+    clustering = metrics.leiden_ari_nmi(z, y, seed=seed)
+    result["ari"], result["nmi"] = clustering["ari"], clustering["nmi"]
+    result["leiden_resolution"] = clustering["resolution"]
+    result["silhouette_label"] = metrics.silhouette_label(z, y, seed=seed)
+    ro = labelled & (modality == "rna_only")
+    ao = labelled & (modality == "atac_only")
+    result["knn_rna_only_to_atac_only"] = (
+        metrics.knn_label_agreement(latent[ro], labels[ro], latent[ao], labels[ao])
+        if ro.any() and ao.any()
+        else None
+    )
+    n_batches = len(pd.unique(batches))
+    if n_batches > 1:
+        result["batch_entropy"] = metrics.batch_entropy(latent, batches)
+        result["ilisi"] = metrics.ilisi(latent, batches)
+        result["batch_predictability"] = metrics.batch_predictability(latent, batches, seed=seed)
+        result["batch_predictability_chance"] = 1.0 / n_batches
+    else:
+        for key in ("batch_entropy", "ilisi", "batch_predictability"):
+            result[key] = None
+    result["modality_entropy"] = metrics.batch_entropy(latent, modality)
+    result["foscttm_paired"] = metrics.foscttm(
+        arrays["latent_rna_paired"].astype(np.float64),
+        arrays["latent_atac_paired"].astype(np.float64),
+    )
+    atac_truth = mvae_sc.datasets.heldout(mdata, "atac").X
+    rna_truth = mvae_sc.datasets.heldout(mdata, "rna").X
+    for key, values in arrays.items():
+        if not key.startswith("imputed_"):
+            continue
+        suffix = key.split("__", 1)[1] if "__" in key else ""
+        tag = f"__{suffix}" if suffix else ""
+        if key.startswith("imputed_atac"):
+            result[f"atac_auroc_rna_only{tag}"] = metrics.imputation_auroc(atac_truth, values)
+        else:
+            result[f"rna_pearson_gene_atac_only{tag}"] = metrics.imputation_pearson(
+                rna_truth, values
+            )
+            result[f"rna_pearson_cell_atac_only{tag}"] = metrics.imputation_pearson(
+                rna_truth, values, axis="cell"
+            )
+    return result
+
+
+def machine_info() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "affinity_cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else None,
+        "gpu": gpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS"),
+    }
+
+
+def git_state() -> dict:
+    """Commit of this repository and whether tracked files differ from it (mvae_sc code)."""
+
+    def git(*command: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *command], cwd=REPO, capture_output=True, text=True, check=True
+            )
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return done.stdout.strip()
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = [
+        "mvae-sc",
+        "scvi-tools",
+        "torch",
+        "lightning",
+        "anndata",
+        "mudata",
+        "scanpy",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+    ]
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _fmt(value, key: str) -> str:
+    if value is None:
+        return "n/a"
+    if key == "epochs":
+        return str(value)
+    if key in ("train_seconds", "peak_rss_mb_after_data", "peak_rss_mb_train", "peak_rss_mb"):
+        return f"{value:.0f}"
+    if key == "seconds_per_epoch":
+        return f"{value:.2f}"
+    if key == "foscttm_paired":  # small numbers: 0.003 vs 0.0026 matters
+        return f"{value:.4f}"
+    return f"{value:.3f}"
+
+
+def _table_values(report: dict) -> dict[str, dict]:
+    values = {}
+    for method, run in report["methods"].items():
+        row = dict(run["metrics"])
+        row.update(
+            epochs=f"{run['epochs']} ({run['max_epochs']})",
+            train_seconds=run["train_seconds"],
+            seconds_per_epoch=run["train_seconds"] / max(1, run["epochs"]),
+            peak_rss_mb_after_data=run["peak_rss_mb_after_data"],
+            peak_rss_mb_train=run["peak_rss_mb_train"],
+            peak_rss_mb=run["peak_rss_mb"],
+        )
+        values[method] = row
+    return values
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    values = _table_values(report)
+    methods = list(values)
+    threads = ", ".join(f"{m} {report['methods'][m]['torch_threads']}" for m in methods)
+    devices = ", ".join(sorted({report["methods"][m]["device"] for m in methods}))
+    lines = [
+        f"# mvae_sc vs MultiVI: {report['dataset']}, {report['n_cells']} cells",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Data: {report['data']['description']}  ",
+        f"Machine: {report['machine']['cpu']}, {report['machine']['cpu_cores']} cores, "
+        f"torch threads {threads}, device {devices}, "
+        f"GPU {report['machine']['gpu'] or 'none'}  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v) + "  ",
+        f"Code: commit {(report.get('git') or {}).get('commit') or 'not recorded (see notes)'}"
+        + (" (with uncommitted changes)" if (report.get("git") or {}).get("dirty") else "")
+        + "  ",
+        "",
+        "| metric | better | " + " | ".join(methods) + " |",
+        "| --- | :---: | " + " | ".join("---:" for _ in methods) + " |",
+    ]
+    for key, label, better, _ in ROWS:
+        cells = []
+        for method in methods:
+            value = values[method].get(key)
+            cells.append(value if isinstance(value, str) else _fmt(value, key))
+        numeric = [values[m].get(key) for m in methods]
+        if better and all(isinstance(v, int | float) for v in numeric) and len(set(numeric)) > 1:
+            best = (max if better == "up" else min)(numeric)
+            cells = [f"**{c}**" if v == best else c for c, v in zip(cells, numeric, strict=True)]
+        lines.append(f"| {label} | {ARROW[better]} | " + " | ".join(cells) + " |")
+    chance = report["methods"][methods[0]]["metrics"].get("batch_predictability_chance")
+    notes = [
+        "",
+        "Notes:",
+        "",
+        f"- Best value per row in bold. Batch predictability: chance is {chance:.2f}."
+        if chance
+        else "- Best value per row in bold. One batch: batch metrics n/a.",
+        "- Both methods: latent 20, hidden 256, their own defaults otherwise, each with its own "
+        "early stopping on a 10% validation split (mvae_sc: ELBO, patience 20; MultiVI: "
+        "reconstruction loss, patience 50). Epochs: run (budget).",
+        "- MultiVI set up as its docs ask: missing modalities zero-padded, the cell's modality "
+        "(paired/expression/accessibility) as `batch_key`, the experimental batch as a "
+        "categorical covariate. FOSCTTM uses `get_latent_representation(modality='expression'"
+        "/'accessibility')`; imputation `get_normalized_accessibility(normalize_regions=True)` "
+        "and `get_normalized_expression()`, both with `transform_batch='paired'` (decoded as a "
+        "paired cell: the only modality category whose decoders learned both modalities).",
+    ]
+    extras = []
+    for method in methods:
+        for key, value in report["methods"][method]["metrics"].items():
+            if "__" in key and value is not None:
+                extras.append(f"{method} `{key}` = {value:.3f}")
+    if extras:
+        notes.append("- Variants (not in the table): " + "; ".join(extras) + ".")
+    for note in report.get("notes", []):
+        notes.append(f"- {note}")
+    notes.append(
+        "- Time is the training call only (`train()`), single process; peak RSS is the child "
+        "process's `ru_maxrss` (data + model; 'incl. inference' adds latents and imputations)."
+    )
+    path.write_text("\n".join(lines + notes) + "\n")
+
+
+def write_figure(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = _table_values(report)
+    methods = list(values)
+    rows = [
+        (key, f"{label} {ARROW[better]}")
+        for key, label, better, quality in ROWS
+        if quality and any(values[m].get(key) is not None for m in methods)
+    ]
+    fig, ax = plt.subplots(figsize=(8, 0.25 * len(rows) * len(methods) + 1.5))
+    height = 0.8 / len(methods)
+    positions = np.arange(len(rows))
+    colors = {"mvae_sc": "#1f77b4", "multivi": "#ff7f0e"}
+    for i, method in enumerate(methods):
+        data = [values[method].get(key) or 0.0 for key, _ in rows]
+        bars = ax.barh(
+            positions + (i - (len(methods) - 1) / 2) * height,
+            data,
+            height=height,
+            label=method,
+            color=colors.get(method),
+        )
+        for bar, value in zip(bars, data, strict=True):
+            ax.text(
+                value + 0.01,
+                bar.get_y() + bar.get_height() / 2,
+                f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.3f}",
+                va="center",
+                fontsize=7,
+            )
+    ax.set_yticks(positions, [label for _, label in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.12)
+    ax.set_xlabel("score (↑ higher is better, ↓ lower is better)")
+    ax.set_title(f"mvae_sc vs MultiVI: {report['dataset']}, {report['n_cells']} cells", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare(args: argparse.Namespace, argv: list[str]) -> dict:
+    name = dataset_name(args)
+    mdata = load_dataset(args)
+    counts = mdata.obs[MODALITY].value_counts().to_dict()
+    description = (
+        f"{mdata.n_obs} cells ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
+        f"{mdata.mod['rna'].n_vars} genes, {mdata.mod['atac'].n_vars} peaks, "
+        f"{mdata.obs[BATCH].nunique()} batch(es), {mdata.obs[LABEL].nunique()} cell types"
+    )
+    print(f"[compare_multivi] {name}: {description}", flush=True)  # noqa: T201
+    report: dict = {
+        "dataset": name,
+        "n_cells": int(mdata.n_obs),
+        "seed": args.seed,
+        "command": " ".join(["python", "benchmarks/compare_multivi.py", *argv]),
+        "data": {"source": args.dataset, "description": description, "modalities": counts},
+        "machine": machine_info(),
+        "versions": package_versions(),
+        "git": git_state(),
+        "settings": {
+            "max_epochs": args.max_epochs,
+            "multivi_max_epochs": args.multivi_max_epochs,
+            "early_stopping": not args.no_early_stopping,
+        },
+        "methods": {},
+        "notes": [],
+    }
+    if args.multivi_max_epochs is not None:
+        report["notes"].append(
+            f"MultiVI capped at {args.multivi_max_epochs} epochs (--multivi-max-epochs) so "
+            "that it finishes on this machine; its default budget is 500 epochs."
+        )
+    fingerprint = _fingerprint(mdata)
+    with tempfile.TemporaryDirectory(prefix="compare_multivi_") as workdir:
+        for method in METHODS:
+            info, arrays = run_method(args, method, workdir)
+            if info["fingerprint"] != fingerprint:
+                raise RuntimeError(f"{method}'s child saw different data ({info['fingerprint']})")
+            print(f"[compare_multivi] metrics for {method} ...", flush=True)  # noqa: T201
+            info["metrics"] = compute_metrics(mdata, arrays, args.seed)
+            info["seconds_per_epoch"] = info["train_seconds"] / max(1, info["epochs"])
+            report["methods"][method] = info
+    return report
+
+
+def _round(obj):
+    if isinstance(obj, dict):
+        return {k: _round(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_round(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return round(float(obj), 4)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_outputs(report: dict, out_dir: Path, smoke: bool) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"compare_multivi_{report['dataset']}_n{report['n_cells']}" + ("_smoke" if smoke else "")
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png")]
+    report = _round(report)
+    paths[0].write_text(json.dumps(report, indent=1) + "\n")
+    write_markdown(report, paths[1])
+    write_figure(report, paths[2])
+    return paths
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset",
+        default="synthetic",
+        help="'synthetic', a path to a .h5mu file, or 'shared' for every *.h5mu in "
+        f"{SHARED_DATA} (default: synthetic)",
+    )
+    parser.add_argument(
+        "--n-cells",
+        type=int,
+        default=5000,
+        help="cells to simulate, or to subsample real data to (0: all)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--label-key", default="cell_type", help="obs column of cell types (real data)"
+    )
+    parser.add_argument("--batch-key", default=None, help="obs column of batches (real data)")
+    parser.add_argument("--rna-layer", default=None, help="RNA counts layer (real data; default X)")
+    parser.add_argument(
+        "--atac-layer", default=None, help="ATAC counts layer (real data; default X)"
+    )
+    parser.add_argument(
+        "--min-feature-frac",
+        type=float,
+        default=0.01,
+        help="real data: drop features detected in fewer than this fraction of cells",
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help="epoch budget for both methods (default: each method's own)",
+    )
+    parser.add_argument(
+        "--multivi-max-epochs",
+        type=int,
+        default=None,
+        help="epoch budget for MultiVI only (e.g. to finish on a CPU)",
+    )
+    parser.add_argument(
+        "--no-early-stopping", action="store_true", help="run the whole epoch budget"
+    )
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"{SMOKE_CELLS} synthetic cells, {SMOKE_EPOCHS} epochs each",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="only rewrite the .md and .png next to this report .json",
+    )
+    parser.add_argument("--method", choices=METHODS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.n_cells = SMOKE_CELLS
+        args.max_epochs = SMOKE_EPOCHS
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.method is not None:
+        child_main(args)
+        return
+    if args.render is not None:
+        report = json.loads(args.render.read_text())
+        write_markdown(report, args.render.with_suffix(".md"))
+        write_figure(report, args.render.with_suffix(".png"))
+        return
+    try:
+        import scvi  # noqa: F401
+    except ImportError:
+        sys.exit("compare_multivi needs scvi-tools: pip install -e '.[bench]'")
+    if args.smoke and args.dataset != "synthetic":
+        sys.exit("--smoke runs on the synthetic data only")
+    if args.dataset == "shared":
+        files = sorted(SHARED_DATA.glob("*.h5mu")) if SHARED_DATA.is_dir() else []
+        if not files:
+            print(f"[compare_multivi] no *.h5mu in {SHARED_DATA}; nothing to compare")  # noqa: T201
+            return
+        datasets = [str(f) for f in files]
+    else:
+        datasets = [args.dataset]
+    for dataset in datasets:
+        run_args = argparse.Namespace(**{**vars(args), "dataset": dataset})
+        try:
+            report = compare(run_args, argv)
+        except (ValueError, KeyError, subprocess.CalledProcessError) as error:
+            if len(datasets) == 1:
+                raise
+            print(f"[compare_multivi] skipping {dataset}: {error}")  # noqa: T201
+            continue
+        paths = write_outputs(report, args.out_dir, args.smoke)
+        for path in paths:
+            print(f"[compare_multivi] wrote {path}")  # noqa: T201
+        print(Path(args.out_dir, f"{paths[0].stem}.md").read_text())  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
