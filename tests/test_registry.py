@@ -147,15 +147,6 @@ def test_model_requires_registration():
         mvae_sc.MVAE(_mudata())
 
 
-def test_backed_mudata_is_a_clear_error(tmp_path):
-    mdata = _mudata()
-    mdata.write(tmp_path / "d.h5mu")
-    backed = md.read_h5mu(tmp_path / "d.h5mu", backed=True)
-    with pytest.raises(ValueError, match=r"backed.*read_h5mu\(path\)"):
-        mvae_sc.MVAE.setup_mudata(backed)
-    assert "mvae_sc" not in md.read_h5mu(tmp_path / "d.h5mu").uns
-
-
 def test_duplicated_names_are_refused():
     mdata = _mudata()
     mdata.mod["rna"].var_names = ["g0", "g0", "g1", "g2", "g3"]

@@ -300,3 +300,36 @@ def test_chunked_inference_equals_unchunked(small):
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize(
+    ("dataset", "modalities"),
+    [
+        ("multiome", None),  # sparse CSR on disk
+        ("patchseq", {"rna": "nb", "ephys": "gaussian"}),  # and a dense h5py dataset
+    ],
+)
+def test_backed_training_equals_in_memory(tmp_path, dataset, modalities):
+    import mudata
+
+    if dataset == "multiome":
+        source = mvae_sc.datasets.synthetic_multiome(
+            300, n_genes=40, n_peaks=80, n_cell_types=3, seed=0
+        )
+    else:
+        source = mvae_sc.datasets.synthetic_patchseq(300, n_genes=40, seed=0)
+        del source.mod["morph"]
+        source.update()
+    source.write(tmp_path / "d.h5mu")
+    latents, imputed = [], []
+    for backed in (False, True):
+        mdata = mudata.read_h5mu(tmp_path / "d.h5mu", backed=backed)
+        name = next(iter(modalities or {"rna": "nb"}))
+        assert mdata.mod[name].isbacked == backed
+        mvae_sc.MVAE.setup_mudata(mdata, modalities=modalities)
+        model = mvae_sc.MVAE(mdata, n_latent=4, n_hidden=16, seed=0)
+        model.train(max_epochs=3, batch_size=32, enable_progress_bar=False)
+        latents.append(model.get_latent_representation())
+        imputed.append(model.impute("rna", batch_size=50))
+    np.testing.assert_allclose(latents[1], latents[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(imputed[1], imputed[0], rtol=1e-5, atol=1e-6)

@@ -2,23 +2,31 @@
 
 Matrices stay as the user has them (CSR is used as is; no dense copy of the whole data):
 each minibatch gathers its rows with vectorised CSR indexing and densifies only those.
+A backed MuData (``mudata.read_h5mu(path, backed=True)``) stays on disk: minibatches read
+their rows from the file, and whole-matrix passes (validation, depths) read blocks of
+``registry.BACKED_CHUNK`` rows, so memory is bounded by the chunk and minibatch sizes,
+not by the number of cells.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 from mudata import MuData
 
-from .registry import Registry, get_values
+from .registry import Registry, get_values, is_backed, row_blocks
 
 
 def _as_row_indexable(matrix):
-    """CSR for sparse input (CSC/COO are converted once), ndarray for dense input."""
+    """CSR for sparse input (CSC/COO are converted once), ndarray for dense input; a
+    backed matrix stays on disk and is read a minibatch of rows at a time."""
+    if is_backed(matrix):
+        return matrix
     if sp.issparse(matrix):
         return (
             matrix
@@ -29,6 +37,8 @@ def _as_row_indexable(matrix):
 
 
 def _row_totals(matrix, *, binary: bool) -> np.ndarray:
+    if is_backed(matrix):
+        return np.concatenate([_row_totals(b, binary=binary) for b in row_blocks(matrix)])
     if sp.issparse(matrix):
         if binary:
             return np.diff(matrix.indptr).astype(np.float32)
@@ -111,7 +121,7 @@ class CellData:
         present = rows >= 0
         out = np.zeros((len(cells), self.n_features(name)), dtype=np.float32)
         if present.any():
-            block = self.matrices[name][rows[present]]
+            block = _take_rows(self.matrices[name], rows[present])
             if name in self.feature_index:
                 block = block[:, self.feature_index[name]]
             block = block.toarray() if sp.issparse(block) else np.asarray(block)
@@ -137,6 +147,15 @@ class CellData:
             batch["label"] = torch.from_numpy(self.labels[cells])
             batch["labelled"] = torch.from_numpy(self.labelled[cells])
         return batch
+
+
+def _take_rows(matrix, rows: np.ndarray):
+    """``matrix[rows]``; a backed h5py dataset is read in increasing row order (which
+    h5py requires) and put back in the order asked for."""
+    if isinstance(matrix, h5py.Dataset):
+        unique, inverse = np.unique(rows, return_inverse=True)
+        return matrix[unique][inverse]
+    return matrix[rows]
 
 
 def _one_hot(codes: np.ndarray, n: int) -> np.ndarray:

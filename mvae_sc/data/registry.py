@@ -12,6 +12,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
+import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -20,6 +22,7 @@ from mudata import MuData
 from ..nn.likelihoods import COUNT_LIKELIHOODS, LIKELIHOODS
 
 UNS_KEY = "mvae_sc"
+BACKED_CHUNK = 16384  # rows read at a time from a backed matrix (validation, depths)
 
 DEFAULT_LIKELIHOODS = {"rna": "nb", "atac": "bernoulli"}
 
@@ -100,10 +103,36 @@ def get_values(mdata: MuData, name: str, layer: str | None):
     return adata.X if layer is None else adata.layers[layer]
 
 
+def is_backed(matrix) -> bool:
+    """True for a matrix read from disk on demand (backed AnnData: a CSR/CSC dataset or
+    an h5py dataset), False for one in memory."""
+    return isinstance(matrix, ad.abc.CSRDataset | ad.abc.CSCDataset | h5py.Dataset)
+
+
+def row_blocks(matrix, chunk: int = BACKED_CHUNK):
+    """The matrix as in-memory blocks of at most ``chunk`` rows (one block if it is in
+    memory already): what reading a backed matrix costs is one block at a time."""
+    if not is_backed(matrix):
+        yield matrix
+        return
+    for start in range(0, matrix.shape[0], chunk):
+        yield matrix[start : min(start + chunk, matrix.shape[0])]
+
+
 def _check_values(name: str, layer: str | None, likelihood: str, values) -> None:
     where = f"modality {name!r} ({'.X' if layer is None else f'layer {layer!r}'})"
     if values is None:
         raise ValueError(f"{where} holds no data (X is None). Put the counts in .X or a layer.")
+    if isinstance(values, ad.abc.CSCDataset):
+        raise ValueError(
+            f"{where} is a backed CSC matrix; rows cannot be read from it efficiently. Write "
+            "it as CSR (`adata.X = adata.X.tocsr()` before saving) or load it into memory."
+        )
+    for block in row_blocks(values):
+        _check_block(name, where, likelihood, block)
+
+
+def _check_block(name: str, where: str, likelihood: str, values) -> None:
     data = values.data if sp.issparse(values) else np.asarray(values)
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         raise TypeError(f"{where} has dtype {data.dtype}; expected a real numeric matrix.")
@@ -156,13 +185,6 @@ def build_registry(
         raise TypeError(
             f"Expected a mudata.MuData, got {type(mdata).__name__}. Wrap AnnData objects with "
             "`mudata.MuData({'rna': adata_rna, 'atac': adata_atac})`."
-        )
-    backed = [name for name, adata in mdata.mod.items() if adata.isbacked]
-    if mdata.isbacked or backed:
-        raise ValueError(
-            f"This MuData is backed (opened with backed=True; modalities {backed} read from "
-            "disk), which mvae_sc does not train on yet. Load it into memory: "
-            "`mdata = mudata.read_h5mu(path)` without `backed=`."
         )
     if modalities is None:
         modalities = {k: v for k, v in DEFAULT_LIKELIHOODS.items() if k in mdata.mod}
