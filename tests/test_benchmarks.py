@@ -33,3 +33,18 @@ def test_compare_multivi_smoke(tmp_path):
     table = (tmp_path / f"{stem}.md").read_text()
     assert "mvae_sc" in table and "multivi" in table
     assert set(report["methods"]) >= {"mvae_sc", "multivi"}
+
+
+@pytest.mark.parametrize("backed", [False, True])
+def test_scale_benchmark_runs(tmp_path, backed):
+    out = tmp_path / "scale.json"
+    command = [sys.executable, str(SCRIPT.with_name("scale.py")), "--cells", "300", "600"]
+    command += ["--genes", "200", "--peaks", "500", "--out", str(out)]
+    command += ["--backed"] if backed else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["n_cells"] for r in rows] == [300, 600]
+    assert all(r["backed"] == backed and r["seconds_per_epoch"] > 0 for r in rows)
+    assert rows[1]["sparse_input_mb"] > rows[0]["sparse_input_mb"]

@@ -1,0 +1,140 @@
+"""How training cost grows with the number of cells: time per epoch, cells per second and
+peak memory, at realistic feature counts.
+
+Usage:
+    python benchmarks/scale.py [--cells 10000 30000 100000] [--genes 20000] [--peaks 50000]
+                               [--epochs 2] [--backed] [--out benchmarks/results/scale.json]
+
+Every size runs in its own child process (so its peak RSS is its own): it simulates the
+synthetic mosaic multiome set, trains ``--epochs`` epochs on all cells (no validation,
+batch size 128 on CPU), and reports the mean time of the epochs after the first (the
+first includes warm-up), the peak resident memory, and the size of the sparse input
+(CSR data + indices + indptr of both modalities) for the ratio the issue targets: peak
+RSS above the RSS after imports, over sparse input + model. Data generation counts in
+the peak (the simulator's chunks and the MuData's per-modality copies). With
+``--backed`` the data are written to an .h5mu file and trained on from disk.
+The device is the default one (a GPU when present), recorded in the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _child(n_cells: int, genes: int, peaks: int, epochs: int, backed: bool) -> dict:
+    import lightning.pytorch as pl
+    import mudata
+    import torch
+
+    import mvae_sc
+
+    rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    mudata.set_options(pull_on_update=False)
+    mdata = mvae_sc.datasets.synthetic_multiome(n_cells, n_genes=genes, n_peaks=peaks, seed=0)
+    input_bytes = sum(
+        x.data.nbytes + x.indices.nbytes + x.indptr.nbytes
+        for x in (mdata.mod["rna"].X, mdata.mod["atac"].X)
+    )
+    if backed:
+        path = Path(tempfile.mkdtemp()) / "data.h5mu"
+        mdata.write(path)
+        del mdata
+        mdata = mudata.read_h5mu(path, backed=True)
+    rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch")
+    model = mvae_sc.MVAE(mdata)
+    n_params = sum(p.numel() for p in model.module.parameters())
+
+    class EpochTimes(pl.Callback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.times.append(time.perf_counter() - self.start)
+
+    timer = EpochTimes()
+    model.train(
+        max_epochs=epochs,
+        train_size=1.0,
+        enable_progress_bar=False,
+        callbacks=[timer],
+    )
+    per_epoch = float(np.mean(timer.times[1:] if len(timer.times) > 1 else timer.times))
+    return {
+        "n_cells": n_cells,
+        "n_genes": genes,
+        "n_peaks": peaks,
+        "backed": backed,
+        "epoch_seconds": [round(t, 2) for t in timer.times],
+        "seconds_per_epoch": round(per_epoch, 2),
+        "cells_per_second": round(n_cells / per_epoch, 1),
+        "sparse_input_mb": round(input_bytes / 2**20, 1),
+        "model_mb": round(n_params * 4 / 2**20, 1),
+        "rss_mb_after_imports": round(rss_imports, 1),
+        "peak_rss_mb_after_data": round(rss_data, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "device": str(model.device),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, nargs="+", default=[10_000, 30_000, 100_000])
+    parser.add_argument("--genes", type=int, default=20_000)
+    parser.add_argument("--peaks", type=int, default=50_000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--backed", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results/scale.json")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        result = _child(args.child, args.genes, args.peaks, args.epochs, args.backed)
+        print("RESULT " + json.dumps(result))  # noqa: T201 - read by the parent
+        return
+    rows = []
+    for n_cells in args.cells:
+        command = [
+            sys.executable, __file__, "--child", str(n_cells), "--genes", str(args.genes),
+            "--peaks", str(args.peaks), "--epochs", str(args.epochs),
+        ] + (["--backed"] if args.backed else [])  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode != 0 or not lines:
+            print(f"{n_cells} cells failed:\n{done.stderr[-2000:]}")  # noqa: T201
+            break
+        row = json.loads(lines[-1][len("RESULT ") :])
+        # the issue's target: peak memory (above the interpreter and libraries) over the
+        # sparse input plus the model
+        row["rss_above_imports_over_input_plus_model"] = round(
+            (row["peak_rss_mb"] - row["rss_mb_after_imports"])
+            / (row["sparse_input_mb"] + row["model_mb"]),
+            2,
+        )
+        rows.append(row)
+        print(json.dumps(row))  # noqa: T201 - progress
+    report = {
+        "command": " ".join(["python", "benchmarks/scale.py", *sys.argv[1:]]),
+        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
