@@ -467,6 +467,14 @@ class MVAE:
             batch = data.minibatch(cells)
             yield cells, _to_device(batch, self.device)
 
+    def _fused_means(self, data: CellData, batch_size: int, sources: list[str] | None):
+        """Per chunk of cells: ``(cells, batch, z, has_any)``, the posterior mean of z from
+        the ``sources`` experts (all when None) and whether the cell has any of them."""
+        for cells, batch in self._minibatches(data, batch_size):
+            mu, logvar, presence = self.module.encode(batch, modalities=sources)
+            z = self.module.fused_mean(mu, logvar, presence)
+            yield cells, batch, z, presence.any(0).unsqueeze(-1)
+
     def _check_modalities(self, names: Sequence[str], what: str) -> list[str]:
         names = [names] if isinstance(names, str) else list(names)
         unknown = [n for n in names if n not in self.registry.modalities]
@@ -518,11 +526,8 @@ class MVAE:
             key_added = "X_mvae" if sources is None else "X_mvae_" + "_".join(sources)
         self.module.eval()
         latent = np.empty((data.n_cells, self.module.n_latent), dtype=np.float32)
-        for cells, batch in self._minibatches(data, batch_size):
-            mu, logvar, presence = self.module.encode(batch, modalities=sources)
-            z = self.module.fused_mean(mu, logvar, presence)
-            z = torch.where(presence.any(0).unsqueeze(-1), z, torch.nan)
-            latent[cells] = z.cpu().numpy()
+        for cells, _, z, has_any in self._fused_means(data, batch_size, sources):
+            latent[cells] = torch.where(has_any, z, torch.nan).cpu().numpy()
         mdata.obsm[key_added] = latent
         _record(mdata, key_added, {"modality": sources, "fusion": self.module.fusion})
         return latent
@@ -571,11 +576,8 @@ class MVAE:
         self.module.eval()
         width = len(reg.label_categories) if reg.label_type == "categorical" else 1
         out = np.full((data.n_cells, width), np.nan, dtype=np.float32)
-        for cells, batch in self._minibatches(data, batch_size):
-            mu, logvar, presence = self.module.encode(batch, modalities=sources)
-            z = self.module.fused_mean(mu, logvar, presence)
+        for cells, _, z, has_any in self._fused_means(data, batch_size, sources):
             prediction = self.module.predict_labels(z).reshape(len(cells), width)
-            has_any = presence.any(0).unsqueeze(-1)
             out[cells] = torch.where(has_any, prediction, torch.nan).cpu().numpy()
         if reg.label_type == "categorical":
             proba = pd.DataFrame(out, index=mdata.obs_names, columns=reg.label_categories)
@@ -589,9 +591,7 @@ class MVAE:
         else:
             mean, sd = reg.label_moments
             result = pd.Series(out[:, 0] * sd + mean, index=mdata.obs_names, name=key_added)
-        mdata.obs[key_added] = (
-            result.to_numpy() if reg.label_type != "categorical" else result.values
-        )
+        mdata.obs[key_added] = result.values
         _record(
             mdata,
             key_added,
@@ -664,16 +664,14 @@ class MVAE:
         column_index = torch.as_tensor(columns, device=self.device)
         self.module.eval()
         out = np.empty((data.n_cells, len(columns)), dtype=np.float32)
-        for cells, batch in self._minibatches(data, batch_size):
-            mu, logvar, presence = self.module.encode(batch, modalities=sources)
-            z = self.module.fused_mean(mu, logvar, presence)
+        for cells, batch, z, has_any in self._fused_means(data, batch_size, sources):
             values = decoder.normalized_mean(z, batch.get("covariates"))
             if likelihood == "gaussian":
                 values = self.module.unstandardize(target, values)
             elif likelihood != "bernoulli":
                 values = values * library_size
             values = values[:, column_index]
-            values = torch.where(presence.any(0).unsqueeze(-1), values, torch.nan)
+            values = torch.where(has_any, values, torch.nan)
             out[cells] = values.cpu().numpy()
         mdata.obsm[key_added] = out
         _record(

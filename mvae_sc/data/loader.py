@@ -97,10 +97,6 @@ class CellData:
         self.covariates = np.hstack(parts) if parts else None
         self.labels, self.labelled = _labels(mdata, registry, self.n_cells)
 
-    @property
-    def n_covariates(self) -> int:
-        return self.registry.n_covariates
-
     def presence(self, name: str) -> np.ndarray:
         """Boolean per cell: does the cell have modality ``name``."""
         return self.rows[name] >= 0

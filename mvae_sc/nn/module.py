@@ -413,17 +413,14 @@ class MVAEModule(nn.Module):
         """Supervised loss over labelled cells, each z weighted like its ELBO term."""
         labelled = batch["labelled"]
         target = batch["label"]
-        per_cell = torch.zeros_like(target)
-        total_w = torch.zeros_like(target)
-        for z, w, _ in sampled:
+
+        def loss(z: torch.Tensor, _mean: torch.Tensor) -> torch.Tensor:
             prediction = self.classifier(z)
             if self.label_type == "categorical":
-                value = nn.functional.cross_entropy(prediction, target.long(), reduction="none")
-            else:
-                value = 0.5 * (prediction.squeeze(-1) - target) ** 2
-            per_cell = per_cell + w * value
-            total_w = total_w + w
-        per_cell = per_cell / total_w.clamp(min=1e-12)
+                return nn.functional.cross_entropy(prediction, target.long(), reduction="none")
+            return 0.5 * (prediction.squeeze(-1) - target) ** 2
+
+        per_cell = _term_average(sampled, loss)
         n_labelled = labelled.sum().clamp(min=1)
         out = {"classification_loss": torch.where(labelled, per_cell, 0.0).sum() / n_labelled}
         if self.label_type == "categorical":
@@ -443,25 +440,29 @@ class MVAEModule(nn.Module):
         with the discriminator's weights frozen, against the uniform distribution over
         batches, times ``scale`` — it trains only the encoders, towards means from
         which the batch cannot be told (not towards flipping the guess, as a reversed
-        gradient does, which makes the game oscillate). Accuracy is on the first component (the joint for
-        PoE)."""
+        gradient does, which makes the game oscillate). Accuracy is on the first
+        component (the joint for PoE)."""
         frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
-        disc = torch.zeros_like(sampled[0][0][:, 0])
-        fool = torch.zeros_like(disc)
-        total_w = torch.zeros_like(disc)
-        for _, w, mean in sampled:
+
+        def disc(_z: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
             logits = self.discriminator(mean.detach())
-            disc = disc + w * nn.functional.cross_entropy(logits, batch_index, reduction="none")
-            if scale > 0:
-                logits = torch.func.functional_call(self.discriminator, frozen, (mean,))
-                fool = fool - w * torch.log_softmax(logits, -1).mean(-1)
-            total_w = total_w + w
-        total_w = total_w.clamp(min=1e-12)
+            return nn.functional.cross_entropy(logits, batch_index, reduction="none")
+
+        def fool(_z: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+            logits = torch.func.functional_call(self.discriminator, frozen, (mean,))
+            return -torch.log_softmax(logits, -1).mean(-1)
+
+        disc_loss = _term_average(sampled, disc).mean()
+        adversary = (
+            scale * _term_average(sampled, fool).mean()
+            if scale > 0
+            else torch.zeros((), device=batch_index.device)
+        )
         with torch.no_grad():
             guess = self.discriminator(sampled[0][2]).argmax(-1)
         return {
-            "discriminator_loss": (disc / total_w).mean(),
-            "adversary_loss": scale * (fool / total_w).mean(),
+            "discriminator_loss": disc_loss,
+            "adversary_loss": adversary,
             "discriminator_accuracy": (guess == batch_index).float().mean(),
         }
 
@@ -472,6 +473,16 @@ class MVAEModule(nn.Module):
         if self.label_type == "categorical":
             return torch.softmax(prediction, -1)
         return prediction.squeeze(-1)
+
+
+def _term_average(sampled: list, value) -> torch.Tensor:
+    """Per-cell average of ``value(z, mean)`` over the ELBO's terms ``(z, w, mean)``,
+    weighted like them: ``sum_k w_k value_k / sum_k w_k``."""
+    total = total_w = 0.0
+    for z, w, mean in sampled:
+        total = total + w * value(z, mean)
+        total_w = total_w + w
+    return total / total_w.clamp(min=1e-12)
 
 
 def _head(n_latent: int, n_out: int, n_hidden: int) -> nn.Sequential:
