@@ -69,6 +69,10 @@ class MVAE:
         Adversarial batch correction: a discriminator on the posterior means of z
         learns to predict ``batch_key`` while the encoders learn to make its guess
         uniform, with weight ``adversary_weight`` (warmed up with the KL weight; 10).
+        Default (None): on when ``batch_key`` has two or more batches. It pairs with
+        the KL weight below 1 that :meth:`train` uses by default (``max_kl_weight``):
+        a lighter KL keeps weak continuous variation in z, and the adversary, not the
+        KL, then keeps the batch out of it.
         ``history["train_discriminator_accuracy"]`` shows how well it still guesses
         (plain accuracy: chance is the largest batch's share).
     classification_weight
@@ -99,7 +103,7 @@ class MVAE:
         dropout: float = 0.1,
         fusion: str = "poe",
         encode_covariates: bool = False,
-        adversarial_batch: bool = False,
+        adversarial_batch: bool | None = None,
         adversary_weight: float = 10.0,
         classification_weight: float = 50.0,
         seed: int = 0,
@@ -122,6 +126,8 @@ class MVAE:
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
         self.registry = Registry.from_mudata(mdata)
+        if adversarial_batch is None:
+            adversarial_batch = self.registry.n_batches >= 2
         if adversarial_batch and self.registry.n_batches < 2:
             raise ValueError(
                 "adversarial_batch=True needs a batch_key with at least two batches; "
@@ -252,6 +258,7 @@ class MVAE:
         early_stopping: bool = True,
         early_stopping_patience: int = 20,
         n_epochs_kl_warmup: int | None = None,
+        max_kl_weight: float = 0.25,
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
         seed: int = 0,
@@ -276,11 +283,18 @@ class MVAE:
             Fraction of cells for training; the rest is the validation set monitored by
             early stopping (0.9). Use 1.0 to train on everything (no early stopping).
         early_stopping, early_stopping_patience
-            Stop when the validation loss (negative ELBO) has not improved for this many
-            epochs (20).
+            Stop when the validation loss (the objective at ``max_kl_weight``, plus
+            the supervised loss) has not improved for this many epochs (20).
         n_epochs_kl_warmup
-            Epochs over which the KL weight rises from 0 to 1 (default: a quarter of
-            ``max_epochs``, at most 50).
+            Epochs over which the KL weight rises from 0 to ``max_kl_weight`` (default:
+            a quarter of ``max_epochs``, at most 50).
+        max_kl_weight
+            The KL term's weight after the warm-up (0.25; 1 is the plain ELBO). Below 1
+            the latent keeps weak continuous within-type variation that the full KL
+            weight squeezes out (README, "KL weight", has the measurements); it also
+            keeps more of the batch, which the adversary (on by default with batches)
+            removes. Early stopping monitors the validation loss at this weight; the
+            ELBO itself is logged as ``validation_elbo``.
         accelerator, devices
             Passed to ``lightning.pytorch.Trainer``; ``"auto"`` uses a GPU when present.
             Several devices or nodes: ``train(strategy="ddp", devices=N, num_nodes=M)``
@@ -317,6 +331,11 @@ class MVAE:
             raise ValueError(f"train_size must be in (0, 1], got {train_size!r}.")
         if resume and checkpoint_dir is None:
             raise ValueError("resume=True needs the checkpoint_dir of the run to resume.")
+        if not (isinstance(max_kl_weight, int | float) and 0 < max_kl_weight <= 1):
+            raise ValueError(
+                f"max_kl_weight must be a number in (0, 1], got {max_kl_weight!r} "
+                "(1 is the plain ELBO; 0.25, the default, keeps weak variation in z)."
+            )
         if batch_size < 2:
             raise ValueError(f"batch_size must be at least 2, got {batch_size!r}.")
         n_cells = self._data.n_cells
@@ -335,6 +354,7 @@ class MVAE:
             lr=lr,
             weight_decay=weight_decay,
             n_steps_kl_warmup=n_epochs_kl_warmup * steps_per_epoch,
+            max_kl_weight=max_kl_weight,
         )
         validate = train_size < 1
         history = HistoryCallback()

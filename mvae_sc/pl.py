@@ -32,7 +32,7 @@ def history(
         if key in model.history:
             ax.plot(model.history.index, model.history[key], label=key)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (negative ELBO per cell)")
+    ax.set_ylabel("loss per cell (objective at the KL weight)")
     ax.legend(frameon=False)
     return ax
 

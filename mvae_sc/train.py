@@ -83,12 +83,13 @@ class TrainingPlan(pl.LightningModule):
         The torch model.
     lr, weight_decay
         AdamW settings.
-    n_steps_kl_warmup
-        The KL term's weight rises linearly from 0 to 1 over this many training steps
-        (avoids posterior collapse early on); the adversary's weight on the encoders
-        (if any) warms up with it. Validation always uses weight 1 and leaves the adversary
-        out, so the monitored validation loss is the negative ELBO (plus the weighted
-        supervised loss when there is a head).
+    n_steps_kl_warmup, max_kl_weight
+        The KL term's weight rises linearly from 0 to ``max_kl_weight`` over this many
+        training steps (avoids posterior collapse early on); the adversary's weight on
+        the encoders (if any) warms up with it. Validation always uses
+        ``max_kl_weight`` and leaves the adversary out, so the monitored validation loss
+        is the objective training ends on (plus the weighted supervised loss when there
+        is a head); the ELBO is logged beside it.
     """
 
     def __init__(
@@ -98,29 +99,36 @@ class TrainingPlan(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-6,
         n_steps_kl_warmup: int = 1000,
+        max_kl_weight: float = 1.0,
     ):
         super().__init__()
         self.module = module
         self.lr = lr
         self.weight_decay = weight_decay
         self.n_steps_kl_warmup = n_steps_kl_warmup
+        self.max_kl_weight = max_kl_weight
         self.non_finite: dict[str, int] | None = None  # where the loss became NaN/inf
 
     @property
-    def kl_weight(self) -> float:
+    def warmup(self) -> float:
+        """How far the warm-up has gone: 0 at the first step, 1 from its end on."""
         if self.n_steps_kl_warmup <= 0:
             return 1.0
         return min(1.0, self.global_step / self.n_steps_kl_warmup)
 
+    @property
+    def kl_weight(self) -> float:
+        return self.max_kl_weight * self.warmup
+
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        kl_weight = self.kl_weight if stage == "train" else 1.0
+        kl_weight = self.kl_weight if stage == "train" else self.max_kl_weight
         # Training: PoE decodes its joint posterior plus one sampled single-expert
         # posterior per cell (two decoder passes, unbiased for the full sub-sampled
         # objective); mixtures use stratified sampling, one z per component.
         # Validation is always exact.
         stratified = stage != "train" or self.module.fusion != "poe"
         # The adversary's pull on the encoders warms up with the KL weight.
-        adversary_scale = kl_weight if stage == "train" else None
+        adversary_scale = self.warmup if stage == "train" else None
         out = self.module.loss(
             batch, kl_weight=kl_weight, stratified=stratified, adversary_scale=adversary_scale
         )

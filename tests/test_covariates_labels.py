@@ -112,6 +112,15 @@ def test_unseen_category_at_prediction_is_a_clear_error(mdata):
     assert "X_mvae" not in other.obsm
 
 
+def test_adversary_is_on_by_default_only_with_batches(mdata):
+    mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch")
+    assert mvae_sc.MVAE(mdata).module.discriminator is not None
+    assert mvae_sc.MVAE(mdata, adversarial_batch=False).module.discriminator is None
+    mvae_sc.MVAE.setup_mudata(mdata)
+    model = mvae_sc.MVAE(mdata)
+    assert model.module.discriminator is None and not model.init_params["adversarial_batch"]
+
+
 def test_adversary_needs_two_batches(mdata):
     mvae_sc.MVAE.setup_mudata(mdata)
     with pytest.raises(ValueError, match="batch_key"):

@@ -116,9 +116,9 @@ def _swap_rows(mdata, modality: str, *, n_pairs: int, seed: int) -> np.ndarray:
 
 def test_consistency_flags_mismatched_pairs():
     """Cells whose electrophysiology was swapped with another cell's (of another type,
-    often a close sister type) score higher than intact cells. The issue's target is
-    AUROC >= 0.9; measured 0.92 here and 0.81-0.92 over data seeds 1-4 (symmetric KL:
-    0.80-0.87), so this asserts 0.85 — a broken score (about 0.5) misses it by far."""
+    often a close sister type) score higher than intact cells: AUROC >= 0.9, the issue's
+    target. Measured 0.94 here (symmetric KL 0.95); over data seeds 1-4, 0.84-0.94
+    (symmetric KL 0.80-0.95). A broken score (about 0.5) misses it by far."""
     mdata = mvae_sc.datasets.synthetic_patchseq(
         1000,
         n_genes=300,
@@ -133,10 +133,10 @@ def test_consistency_flags_mismatched_pairs():
     assert np.isfinite(score).all()
     np.testing.assert_array_equal(mdata.obs["mvae_consistency"].to_numpy(), score)
     auroc = roc_auc_score(swapped, score)
-    assert auroc >= 0.85, auroc
+    assert auroc >= 0.9, auroc
     # the latent-space measure separates them too, if less well
     kl_score = model.consistency(measure="symmetric_kl", key_added="kl_consistency")
-    assert roc_auc_score(swapped, kl_score) >= 0.75
+    assert roc_auc_score(swapped, kl_score) >= 0.85
     assert mdata.uns["kl_consistency"]["params"]["measure"] == "symmetric_kl"
     with pytest.raises(ValueError, match="measure"):
         model.consistency(measure="cosine")
