@@ -120,10 +120,10 @@ def main() -> None:
         help="where the simulated .h5mu files go (default: a temporary folder, removed at the end)",
     )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--simulate", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--simulate", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.simulate is not None:
-        _simulate(args.simulate, args.genes, args.peaks, args.child)
+        _simulate(args.cells[0], args.genes, args.peaks, args.simulate)
         return
     if args.child is not None:
         result = _child(args.child, args.epochs, args.backed)
@@ -148,7 +148,7 @@ def _run_sizes(args: argparse.Namespace, data_dir: Path) -> list[dict]:
         path = data_dir / f"synthetic_{n_cells}x{args.genes}x{args.peaks}.h5mu"
         if not path.exists():  # simulated once, reused by later runs with --data-dir
             subprocess.run(
-                [sys.executable, __file__, "--simulate", str(n_cells), "--child", str(path),
+                [sys.executable, __file__, "--simulate", str(path), "--cells", str(n_cells),
                  "--genes", str(args.genes), "--peaks", str(args.peaks)],
                 check=True,
             )  # fmt: skip

@@ -21,10 +21,12 @@ def patchseq():
     return mvae_sc.datasets.synthetic_patchseq(1000, n_genes=300, seed=0)
 
 
-def _train(mdata, *, fusion="poe", max_epochs=60, **setup):
+def _train(mdata, *, fusion="poe", max_epochs=60, train_kwargs=None, **setup):
     mvae_sc.MVAE.setup_mudata(mdata, **setup)
     model = mvae_sc.MVAE(mdata, n_latent=8, n_hidden=64, fusion=fusion)
-    model.train(max_epochs=max_epochs, batch_size=64, enable_progress_bar=False)
+    model.train(
+        max_epochs=max_epochs, batch_size=64, enable_progress_bar=False, **(train_kwargs or {})
+    )
     return model
 
 
@@ -90,10 +92,11 @@ def test_mixture_fusions_train_on_three_modalities(patchseq, fusion):
 )
 def test_noisy_sensor_weight_falls_with_its_noise(max_kl_weight, threshold):
     mdata = mvae_sc.datasets.synthetic_sensors(1500, seed=0)
-    mvae_sc.MVAE.setup_mudata(mdata, modalities={"accel": "gaussian", "ppg": "gaussian"})
-    model = mvae_sc.MVAE(mdata, n_latent=8, n_hidden=64)
-    model.train(
-        max_epochs=120, batch_size=64, max_kl_weight=max_kl_weight, enable_progress_bar=False
+    model = _train(
+        mdata,
+        modalities={"accel": "gaussian", "ppg": "gaussian"},
+        max_epochs=120,
+        train_kwargs={"max_kl_weight": max_kl_weight},
     )
     weights = model.get_modality_weights()
     assert list(weights.columns) == ["mvae_weight_accel", "mvae_weight_ppg"]
