@@ -66,6 +66,43 @@ def test_values_behind_the_mask_change_nothing(stratified):
         torch.testing.assert_close(got[key], reference[key])
 
 
+def _cells(batch: dict, rows: torch.Tensor) -> dict:
+    """The minibatch restricted to ``rows``."""
+    return {
+        k: {m: t[rows] for m, t in v.items()} if isinstance(v, dict) else v[rows]
+        for k, v in batch.items()
+    }
+
+
+def test_experts_and_decoders_see_only_cells_with_their_modality():
+    module = _module()
+    batch = _batch()
+    seen = {}
+    for kind, parts in (("encoder", module.encoders), ("decoder", module.decoders)):
+        for name, part in parts.items():
+            part.register_forward_hook(
+                lambda _m, args, _out, key=(kind, name): seen.setdefault(key, []).append(
+                    len(args[0])
+                )
+            )
+    mu, _logvar, _presence = module.encode(batch)
+    z = torch.randn(B, 3, generator=torch.Generator().manual_seed(2))
+    recon = module.reconstruction(z, batch)
+    for name in ("rna", "atac"):
+        n_present = int(batch["mask"][name].sum())
+        assert seen[("encoder", name)] == [n_present] and seen[("decoder", name)] == [n_present]
+    for m, name in enumerate(("rna", "atac")):
+        present = batch["mask"][name]
+        assert (mu[m][~present] == 0).all() and (recon[name][~present] == 0).all()
+        # every cell gets what it gets on its own
+        for row in present.nonzero(as_tuple=True)[0]:
+            alone = _cells(batch, row[None])
+            torch.testing.assert_close(module.encode(alone)[0][m, 0], mu[m, row])
+            torch.testing.assert_close(
+                module.reconstruction(z[row[None]], alone)[name][0], recon[name][row]
+            )
+
+
 def test_poe_objective_is_joint_plus_single_expert_elbos():
     module = _module()
     batch = _batch()

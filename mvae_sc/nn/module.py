@@ -219,7 +219,8 @@ class MVAEModule(nn.Module):
     def encode(
         self, batch: dict, modalities: list[str] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run every expert.
+        """Run every expert on the cells that have its modality (the others get zeros,
+        masked out).
 
         Returns
         -------
@@ -230,14 +231,19 @@ class MVAEModule(nn.Module):
         covariates = batch.get("covariates") if self.encode_covariates else None
         mus, logvars, masks = [], [], []
         for name in self.modality_names:
-            qz = self.encoders[name](
-                self.standardize(name, batch["x"][name]), batch["library"][name], covariates
-            )
-            mus.append(qz.loc)
-            logvars.append(2 * torch.log(qz.scale))
+
+            def expert(x, library, covariates, name=name):
+                qz = self.encoders[name](self.standardize(name, x), library, covariates)
+                return qz.loc, 2 * torch.log(qz.scale)
+
             present = batch["mask"][name]
             if modalities is not None and name not in modalities:
                 present = torch.zeros_like(present)
+            mu, logvar = _on_present_rows(
+                present, expert, batch["x"][name], batch["library"][name], covariates
+            )
+            mus.append(mu)
+            logvars.append(logvar)
             masks.append(present)
         return torch.stack(mus), torch.stack(logvars), torch.stack(masks)
 
@@ -314,14 +320,18 @@ class MVAEModule(nn.Module):
         covariates = batch.get("covariates")
         out = {}
         for name in self.modality_names:
-            x = self.standardize(name, batch["x"][name])
-            px = self.decoders[name](
-                z,
-                library=self.decoder_library(name, batch["library"][name], x),
-                covariates=covariates,
-            )
-            log_px = px.log_prob(x).sum(-1)  # (B,)
-            out[name] = torch.where(batch["mask"][name], log_px, torch.zeros_like(log_px))
+
+            def log_likelihood(z, x, library, covariates, name=name):
+                x = self.standardize(name, x)
+                px = self.decoders[name](
+                    z, library=self.decoder_library(name, library, x), covariates=covariates
+                )
+                return px.log_prob(x).sum(-1)
+
+            out[name] = _on_present_rows(
+                batch["mask"][name], log_likelihood, z, batch["x"][name],
+                batch["library"][name], covariates,
+            )  # fmt: skip
         return out
 
     def loss(
@@ -473,6 +483,23 @@ class MVAEModule(nn.Module):
         if self.label_type == "categorical":
             return torch.softmax(prediction, -1)
         return prediction.squeeze(-1)
+
+
+def _on_present_rows(present: torch.Tensor, fn, *inputs):
+    """``fn(*inputs)`` (row-wise, a tensor or a tuple of tensors) computed only for the
+    rows where ``present`` is true; the other rows get zeros. Experts and decoders skip
+    the cells that lack their modality instead of working on zero rows that are masked
+    out anyway (in a mosaic, that is every unpaired cell)."""
+    if bool(present.all()):
+        return fn(*inputs)
+    rows = present.nonzero(as_tuple=True)[0]
+    result = fn(*(None if t is None else t[rows] for t in inputs))
+
+    def scatter(part: torch.Tensor) -> torch.Tensor:
+        full = part.new_zeros((present.shape[0], *part.shape[1:]))
+        return full.index_put((rows,), part)
+
+    return tuple(scatter(r) for r in result) if isinstance(result, tuple) else scatter(result)
 
 
 def _term_average(sampled: list, value) -> torch.Tensor:
