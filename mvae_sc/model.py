@@ -773,9 +773,9 @@ class MVAE:
           pair (swapped barcodes, a doublet, a mislabelled cell) is not.
         - ``"symmetric_kl"``: ``(KL(q_a || q_b) + KL(q_b || q_a)) / 2`` between the
           single-expert posteriors, in nats. Cheaper (no decoding) but it also grows with
-          how confident the experts are, so it separates mismatched pairs less well
-          (AUROC 0.80–0.85 against 0.84–0.91 for ``"cross_likelihood"`` on the Patch-seq
-          swap test in ``tests/test_multimodal.py``).
+          how confident the experts are, so it ranks mismatched pairs less steadily
+          (AUROC 0.80–0.95 against 0.84–0.94 for ``"cross_likelihood"`` over four data
+          seeds of the Patch-seq swap test in ``tests/test_multimodal.py``).
 
         Cells with a single modality get NaN. Compare cells within one data set and
         model: the scale depends on both.
