@@ -20,7 +20,13 @@ from .data.loader import CellData, iterate_chunks
 from .data.registry import UNS_KEY, Registry, build_registry
 from .nn.fusion import poe_weights
 from .nn.module import DISAGREEMENT_MEASURES, FUSIONS, MVAEModule
-from .train import HistoryCallback, KeepBestWeights, MuDataModule, TrainingPlan
+from .train import (
+    HistoryCallback,
+    KeepBestWeights,
+    MuDataModule,
+    TrainingPlan,
+    reuse_freed_memory,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -402,7 +408,7 @@ class MVAE:
         # the user's callbacks run beside ours (history, best weights, early stopping)
         callbacks.extend(trainer_kwargs.pop("callbacks", None) or [])
         options.update(trainer_kwargs)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), reuse_freed_memory():
             for pattern in _QUIET_LIGHTNING:
                 warnings.filterwarnings("ignore", message=pattern)
             if ckpt_path is not None:  # resuming: the directory holds our checkpoint
