@@ -721,9 +721,11 @@ class MVAE:
         """How much each modality counts in each cell's posterior.
 
         With ``fusion="poe"`` the weight of modality m is its expert's share of the fused
-        precision, ``mean_d (1/var_md) / (1 + sum_k 1/var_kd)`` (the prior holds the rest,
-        so a cell's weights sum to less than 1). A noisy or uninformative measurement
-        gets a wide expert and so a small weight. With ``"moe"``/``"mopoe"`` the mixture
+        precision summed over latent dimensions, ``sum_d (1/var_md) / sum_d (1 + sum_k
+        1/var_kd)`` (the prior holds the rest, so a cell's weights sum to less than 1). A
+        noisy or uninformative measurement gets a wide expert and so a small weight. The
+        weights follow noise more closely in a model trained with
+        ``train(max_kl_weight=1.0)`` than at the default 0.25 (README, "Modality weight"). With ``"moe"``/``"mopoe"`` the mixture
         itself is uniform over the present experts; the weight reported is the same
         precision share, i.e. how confident each expert is relative to the others.
         Absent modalities get weight 0.

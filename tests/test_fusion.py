@@ -65,6 +65,14 @@ def test_poe_weights_are_precision_shares():
     torch.testing.assert_close(weights[:, 0], torch.tensor([2 / 7, 4 / 7]))
 
 
+def test_poe_weights_are_shares_of_the_total_precision():
+    # expert 0 is sure about dimension 0 (precision 99), expert 1 gives 1 on both; the
+    # prior adds 1 to each: traces 99 + 1 + 1 + 1 + 1 = 103 in all, 99 and 2 of it
+    var = torch.tensor([[1 / 99, 1e12], [1.0, 1.0]])
+    weights = fu.poe_weights(torch.log(var)[:, None, :], torch.ones(2, 1, dtype=torch.bool))
+    torch.testing.assert_close(weights[:, 0], torch.tensor([99 / 103, 2 / 103]))
+
+
 def test_moe_components_are_single_experts_with_prior():
     mu, logvar = _experts()
     mask = torch.tensor([[True] * B, [False] * B, [True] * B])

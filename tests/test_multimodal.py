@@ -86,9 +86,10 @@ def test_mixture_fusions_train_on_three_modalities(patchseq, fusion):
 
 @pytest.mark.parametrize(
     ("max_kl_weight", "threshold"),
-    # measured (one thread): rho = -0.25 at the default KL weight, -0.60 at 1; the plain
-    # ELBO ties the experts' variances to their evidence more tightly (README)
-    [(0.25, 0.15), (1.0, 0.45)],
+    # measured (one thread): rho = -0.43 at the default KL weight, -0.63 at 1 (accel:
+    # +0.41, +0.57); the plain ELBO ties the experts' variances to their evidence more
+    # tightly, and other data seeds show it more (README, "Modality weight")
+    [(0.25, 0.3), (1.0, 0.5)],
 )
 def test_noisy_sensor_weight_falls_with_its_noise(max_kl_weight, threshold):
     mdata = mvae_sc.datasets.synthetic_sensors(1500, seed=0)

@@ -70,17 +70,22 @@ def single_expert_posteriors(
 
 
 def poe_weights(logvar: torch.Tensor, presence_mask: torch.Tensor) -> torch.Tensor:
-    """Each expert's share of the fused PoE precision, averaged over latent dimensions.
+    """Each expert's share of the fused PoE precision, summed over latent dimensions
+    (its share of the trace of the fused precision matrix).
 
-    ``w_m = mean_d (1/var_md) / (1 + sum_k 1/var_kd)``; absent experts get 0, and the
-    weights of a cell sum to less than 1 (the rest is the prior's share).
+    ``w_m = sum_d (1/var_md) / sum_d (1 + sum_k 1/var_kd)``; absent experts get 0, and
+    the weights of a cell sum to less than 1 (the rest is the prior's share). Summing
+    before dividing lets the dimensions the experts are sure about count most; a mean of
+    per-dimension shares gives a dimension no expert informs as much say as one they
+    all do, and on the sensor set it followed the noisy sensor's noise less than half as
+    closely (README, "Modality weight").
 
     Returns
     -------
     ``(M, B)`` weights in [0, 1).
     """
     precision = _masked(torch.exp(-logvar), presence_mask)
-    return (precision / (1.0 + precision.sum(0))).mean(-1)
+    return precision.sum(-1) / (1.0 + precision.sum(0)).sum(-1)
 
 
 def subsets(n_modalities: int) -> list[tuple[int, ...]]:
