@@ -1,5 +1,5 @@
-"""The MultiVI comparison runs end to end (smoke size) and writes its three outputs.
-Skipped without scvi-tools (`pip install -e ".[bench]"`)."""
+"""The benchmark scripts run end to end at smoke size and write their outputs. The MultiVI
+comparison is skipped without scvi-tools (`pip install -e ".[bench]"`)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,17 @@ def test_scale_benchmark_runs(tmp_path, backed):
     assert [r["n_cells"] for r in rows] == [300, 600]
     assert all(r["backed"] == backed and r["seconds_per_epoch"] > 0 for r in rows)
     assert rows[1]["sparse_input_mb"] > rows[0]["sparse_input_mb"]
+
+
+def test_profile_step_runs(tmp_path):
+    out = tmp_path / "profile.json"
+    command = [sys.executable, str(SCRIPT.with_name("profile_step.py")), "--cells", "300"]
+    command += ["--genes", "200", "--peaks", "500", "--steps", "4", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    phases = report["ms_per_step"]
+    assert phases["total"] == pytest.approx(sum(v for k, v in phases.items() if k != "total"))
+    assert sum(report["operator_share_of_profiled_time"].values()) == pytest.approx(1, abs=0.01)
+    assert report["ms_per_step_default_allocator"]["total"] > 0
