@@ -725,10 +725,10 @@ class MVAE:
         1/var_kd)`` (the prior holds the rest, so a cell's weights sum to less than 1). A
         noisy or uninformative measurement gets a wide expert and so a small weight. The
         weights follow noise more closely in a model trained with
-        ``train(max_kl_weight=1.0)`` than at the default 0.25 (README, "Modality weight"). With ``"moe"``/``"mopoe"`` the mixture
-        itself is uniform over the present experts; the weight reported is the same
-        precision share, i.e. how confident each expert is relative to the others.
-        Absent modalities get weight 0.
+        ``train(max_kl_weight=1.0)`` than at the default 0.25 (README, "Modality
+        weight"). With ``"moe"``/``"mopoe"`` the mixture itself is uniform over the
+        present experts; the weight reported is the same precision share, i.e. how
+        confident each expert is relative to the others. Absent modalities get weight 0.
 
         Writes ``mdata.obs[f"{key_added}_{mod}"]`` for every modality and records the
         parameters in ``mdata.uns[key_added]["params"]``.
