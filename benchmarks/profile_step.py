@@ -63,7 +63,8 @@ def main() -> None:
     import torch
 
     import mvae_sc
-    from mvae_sc.train import DISCRIMINATOR_LR_FACTOR, reuse_freed_memory
+    from mvae_sc.model import _to_device
+    from mvae_sc.train import TrainingPlan, reuse_freed_memory
 
     mudata.set_options(pull_on_update=False)
     mdata = mvae_sc.datasets.synthetic_multiome(
@@ -73,18 +74,7 @@ def main() -> None:
     model = mvae_sc.MVAE(mdata)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = model.module.to(device).train()
-    disc = {id(p) for p in module.discriminator.parameters()}
-    optimiser = torch.optim.AdamW(
-        [
-            {"params": [p for p in module.parameters() if id(p) not in disc]},
-            {
-                "params": list(module.discriminator.parameters()),
-                "lr": 1e-3 * DISCRIMINATOR_LR_FACTOR,
-            },
-        ],
-        lr=1e-3,
-        eps=0.01,
-    )
+    optimiser = TrainingPlan(module).configure_optimizers()  # AdamW as in training
     rng = np.random.default_rng(0)
     data = model._data
 
@@ -95,7 +85,7 @@ def main() -> None:
     def step(times: dict | None) -> None:
         t0 = time.perf_counter()
         batch = data.minibatch(rng.choice(data.n_cells, args.batch_size, replace=False))
-        batch = _to(batch, device)
+        batch = _to_device(batch, device)
         sync()
         t1 = time.perf_counter()
         out = module.loss(batch, kl_weight=0.25, stratified=False, adversary_scale=1.0)
@@ -163,12 +153,6 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))  # noqa: T201
-
-
-def _to(batch, device):
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch.to(device, non_blocking=True) if hasattr(batch, "to") else batch
 
 
 if __name__ == "__main__":

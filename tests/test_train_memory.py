@@ -14,17 +14,16 @@ from mvae_sc.train import _glibc
 # the context, and the resident memory inside and after it; in a fresh process, because
 # allocator settings are process-wide.
 _CHURN = """
-import ctypes
 import os
 import resource
 import torch
-from mvae_sc.train import reuse_freed_memory
+from mvae_sc.train import _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, _glibc, reuse_freed_memory
 
 # glibc's initial thresholds (128 KiB), held fixed: without this, whether its dynamic
 # adjustment trims between rounds depends on the heap's layout
-libc = ctypes.CDLL("libc.so.6")
-libc.mallopt(-3, 128 * 1024)
-libc.mallopt(-1, 128 * 1024)
+libc = _glibc()
+libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
 
 def faults():
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -490,9 +490,9 @@ def _on_present_rows(present: torch.Tensor, fn, *inputs):
     rows where ``present`` is true; the other rows get zeros. Experts and decoders skip
     the cells that lack their modality instead of working on zero rows that are masked
     out anyway (in a mosaic, that is every unpaired cell)."""
-    if bool(present.all()):
+    rows = present.nonzero(as_tuple=True)[0]  # one device sync, whether or not all are present
+    if len(rows) == len(present):
         return fn(*inputs)
-    rows = present.nonzero(as_tuple=True)[0]
     result = fn(*(None if t is None else t[rows] for t in inputs))
 
     def scatter(part: torch.Tensor) -> torch.Tensor:
