@@ -40,6 +40,28 @@ _QUIET_LIGHTNING = (
 )
 
 
+# KL weight after the warm-up when ``train(max_kl_weight=None)``: lighter when any modality
+# is a count or binary table (README, "KL weight"), the plain ELBO when every modality is
+# a continuous table (README, "Modality weight").
+KL_WEIGHT_WITH_COUNTS = 0.25
+KL_WEIGHT_CONTINUOUS = 1.0
+
+
+def default_kl_weight(likelihoods: Sequence[str]) -> float:
+    """The KL weight ``train`` uses unless told: ``1.0`` (the plain ELBO) when every
+    modality is ``"gaussian"``, else ``0.25``.
+
+    On count data (RNA, ATAC, protein) the lighter KL keeps weak continuous within-type
+    variation in z. On continuous tables alone it does the opposite of what a user wants:
+    z takes in each modality's own noise, cell states separate less well, and the experts'
+    precisions, hence the modality weights, stop tracking how noisy a measurement is
+    (README, "Modality weight", has both measurements).
+    """
+    if all(likelihood == "gaussian" for likelihood in likelihoods):
+        return KL_WEIGHT_CONTINUOUS
+    return KL_WEIGHT_WITH_COUNTS
+
+
 def _record(mdata: MuData, key: str, params: Mapping[str, object]) -> None:
     """Write ``uns[key]["params"]`` (None values are left out: h5mu cannot store them)."""
     mdata.uns[key] = {"params": {k: v for k, v in params.items() if v is not None}}
@@ -76,7 +98,8 @@ class MVAE:
         learns to predict ``batch_key`` while the encoders learn to make its guess
         uniform, with weight ``adversary_weight`` (warmed up with the KL weight; 10).
         Default (None): on when ``batch_key`` has two or more batches. It pairs with
-        the KL weight below 1 that :meth:`train` uses by default (``max_kl_weight``):
+        the KL weight below 1 that :meth:`train` uses by default on count data
+        (``max_kl_weight``):
         a lighter KL keeps weak continuous variation in z, and the adversary, not the
         KL, then keeps the batch out of it.
         ``history["train_discriminator_accuracy"]`` shows how well it still guesses
@@ -264,7 +287,7 @@ class MVAE:
         early_stopping: bool = True,
         early_stopping_patience: int = 20,
         n_epochs_kl_warmup: int | None = None,
-        max_kl_weight: float = 0.25,
+        max_kl_weight: float | None = None,
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
         seed: int = 0,
@@ -295,12 +318,17 @@ class MVAE:
             Epochs over which the KL weight rises from 0 to ``max_kl_weight`` (default:
             a quarter of ``max_epochs``, at most 50).
         max_kl_weight
-            The KL term's weight after the warm-up (0.25; 1 is the plain ELBO). Below 1
-            the latent keeps weak continuous within-type variation that the full KL
-            weight squeezes out (README, "KL weight", has the measurements); it also
-            keeps more of the batch, which the adversary (on by default with batches)
-            removes. Early stopping monitors the validation loss at this weight; the
-            ELBO itself is logged as ``validation_elbo``.
+            The KL term's weight after the warm-up, in (0, 1]; 1 is the plain ELBO.
+            Default: 0.25 when any modality has a count or binary likelihood, 1 when
+            every modality is ``"gaussian"`` (:func:`default_kl_weight`). On count data
+            the lighter KL keeps weak continuous within-type variation that the full
+            weight squeezes out (README, "KL weight"); it also keeps more of the batch,
+            which the adversary (on by default with batches) removes. On continuous
+            tables alone the plain ELBO separates states better and gives modality
+            weights that follow each measurement's noise (README, "Modality weight").
+            Early stopping monitors the validation loss at this weight; the ELBO
+            itself is logged as ``validation_elbo``, the weight as
+            ``history["kl_weight"]``.
         accelerator, devices
             Passed to ``lightning.pytorch.Trainer``; ``"auto"`` uses a GPU when present.
             Several devices or nodes: ``train(strategy="ddp", devices=N, num_nodes=M)``
@@ -337,10 +365,15 @@ class MVAE:
             raise ValueError(f"train_size must be in (0, 1], got {train_size!r}.")
         if resume and checkpoint_dir is None:
             raise ValueError("resume=True needs the checkpoint_dir of the run to resume.")
-        if not (isinstance(max_kl_weight, int | float) and 0 < max_kl_weight <= 1):
+        if max_kl_weight is None:
+            max_kl_weight = default_kl_weight(
+                [spec.likelihood for spec in self.registry.modalities.values()]
+            )
+        elif not (isinstance(max_kl_weight, int | float) and 0 < max_kl_weight <= 1):
             raise ValueError(
                 f"max_kl_weight must be a number in (0, 1], got {max_kl_weight!r} "
-                "(1 is the plain ELBO; 0.25, the default, keeps weak variation in z)."
+                "(1 is the plain ELBO; 0.25 keeps weak variation of count data in z; "
+                "None, the default, picks one from the modalities' likelihoods)."
             )
         if batch_size < 2:
             raise ValueError(f"batch_size must be at least 2, got {batch_size!r}.")
@@ -724,8 +757,9 @@ class MVAE:
         precision summed over latent dimensions, ``sum_d (1/var_md) / sum_d (1 + sum_k
         1/var_kd)`` (the prior holds the rest, so a cell's weights sum to less than 1). A
         noisy or uninformative measurement gets a wide expert and so a small weight. The
-        weights follow noise more closely in a model trained with
-        ``train(max_kl_weight=1.0)`` than at the default 0.25 (README, "Modality
+        weights follow noise closely in a model trained with the plain ELBO,
+        ``train(max_kl_weight=1.0)``, the default when every modality is continuous;
+        at the 0.25 used by default with count modalities, less so (README, "Modality
         weight"). With ``"moe"``/``"mopoe"`` the mixture itself is uniform over the
         present experts; the weight reported is the same precision share, i.e. how
         confident each expert is relative to the others. Absent modalities get weight 0.

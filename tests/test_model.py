@@ -139,6 +139,18 @@ def test_history_is_recorded(trained_mosaic):
     assert "validation_elbo" in history.columns
 
 
+def test_default_kl_weight_follows_the_likelihoods():
+    """The plain ELBO when every modality is continuous, the lighter KL when any is a
+    count or binary table (RNA + ephys, ATAC alone)."""
+    from mvae_sc.model import default_kl_weight
+
+    assert default_kl_weight(["gaussian", "gaussian"]) == 1.0
+    assert default_kl_weight(["gaussian"]) == 1.0
+    assert default_kl_weight(["nb", "gaussian", "gaussian"]) == 0.25
+    assert default_kl_weight(["bernoulli"]) == 0.25
+    assert default_kl_weight(["nb", "bernoulli"]) == 0.25
+
+
 def test_max_kl_weight_is_checked(trained_mosaic):
     _, model = trained_mosaic
     for bad in (0.0, 1.5, float("nan"), "0.5"):

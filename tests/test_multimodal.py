@@ -84,29 +84,23 @@ def test_mixture_fusions_train_on_three_modalities(patchseq, fusion):
     assert metrics.leiden_ari_nmi(z, labels)["ari"] > 0.3
 
 
-@pytest.mark.parametrize(
-    ("max_kl_weight", "threshold"),
-    # measured (one thread): rho = -0.43 at the default KL weight, -0.63 at 1 (accel:
-    # +0.41, +0.57); the plain ELBO ties the experts' variances to their evidence more
-    # tightly, and other data seeds show it more (README, "Modality weight")
-    [(0.25, 0.3), (1.0, 0.5)],
-)
-def test_noisy_sensor_weight_falls_with_its_noise(max_kl_weight, threshold):
+def test_noisy_sensor_weight_falls_with_its_noise():
+    """With default settings (the plain ELBO, as every modality is continuous) the PPG's
+    weight falls as its noise grows. Measured (one thread): rho = -0.63 (accel +0.57);
+    over data seeds 0-4, -0.34 to -0.65. At the KL weight 0.25 that count data get by
+    default the weights track the noise only loosely (-0.43 here, -0.06 to -0.43 over
+    seeds; README, "Modality weight")."""
     mdata = mvae_sc.datasets.synthetic_sensors(1500, seed=0)
-    model = _train(
-        mdata,
-        modalities={"accel": "gaussian", "ppg": "gaussian"},
-        max_epochs=120,
-        train_kwargs={"max_kl_weight": max_kl_weight},
-    )
+    model = _train(mdata, modalities={"accel": "gaussian", "ppg": "gaussian"}, max_epochs=120)
+    assert model.history["kl_weight"].max() == pytest.approx(1.0)
     weights = model.get_modality_weights()
     assert list(weights.columns) == ["mvae_weight_accel", "mvae_weight_ppg"]
     assert "mvae_weight_ppg" in mdata.obs
     rho = st.spearmanr(mdata.obs["ppg_noise"], mdata.obs["mvae_weight_ppg"]).statistic
-    assert rho < -threshold, rho
+    assert rho < -0.5, rho
     # the accelerometer's share rises as the PPG's falls
     rho_accel = st.spearmanr(mdata.obs["ppg_noise"], mdata.obs["mvae_weight_accel"]).statistic
-    assert rho_accel > threshold, rho_accel
+    assert rho_accel > 0.5, rho_accel
     assert ((weights.sum(1) > 0) & (weights.sum(1) < 1)).all()
 
 
