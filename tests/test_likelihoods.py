@@ -64,16 +64,80 @@ def test_poisson_matches_scipy():
     np.testing.assert_allclose(got, st.poisson.logpmf(x, rate), rtol=1e-6, atol=1e-6)
 
 
+def _logit(p):
+    return np.log(p / (1 - p))
+
+
 def test_bernoulli_matches_scipy():
-    p = RNG.uniform(0.01, 0.99, N)
-    x = (RNG.random(N) < p).astype(float)
-    got = lik.bernoulli(torch.tensor(p)).log_prob(torch.tensor(x)).numpy()
-    np.testing.assert_allclose(got, st.bernoulli.logpmf(x, p), rtol=1e-6)
+    """The decoders' Bernoulli, p = sigmoid(logits) * sigmoid(region) * sigmoid(cell)."""
+    p_feature, p_region = RNG.uniform(0.05, 0.99, (4, N)), RNG.uniform(0.2, 0.99, N)
+    p_cell = RNG.uniform(0.2, 0.99, (4, 1))
+    p = p_feature * p_region * p_cell
+    x = (RNG.random((4, N)) < p).astype(float)
+    px = lik.ScaledBernoulli(*(torch.tensor(_logit(q)) for q in (p_feature, p_region, p_cell)))
+    np.testing.assert_allclose(px.log_prob(torch.tensor(x)).numpy(), st.bernoulli.logpmf(x, p))
+    np.testing.assert_allclose(px.mean.numpy(), p)
+    without_cell = lik.ScaledBernoulli(
+        torch.tensor(_logit(p_feature)), torch.tensor(_logit(p_region))
+    )
+    expected = st.bernoulli.logpmf(x, p_feature * p_region)
+    np.testing.assert_allclose(without_cell.log_prob(torch.tensor(x)).numpy(), expected)
 
 
 def test_bernoulli_is_finite_at_extremes():
-    got = lik.bernoulli(torch.tensor([0.0, 1.0])).log_prob(torch.tensor([1.0, 0.0]))
+    logits = torch.tensor([-50.0, 50.0, 50.0])
+    got = lik.ScaledBernoulli(logits, torch.full((3,), 50.0)).log_prob(
+        torch.tensor([1.0, 0.0, 1.0])
+    )
     assert torch.isfinite(got).all()
+
+
+def test_fused_log_probs_have_the_gradients_of_their_formulas():
+    """The decoders' NB and Bernoulli compute log-probabilities and their gradients in
+    one hand-written autograd step (to keep less in memory); both must match autograd
+    through the plain formulas, including the clamped Bernoulli probabilities (zero
+    gradient there) and zero counts (whose lgamma terms are skipped)."""
+    gen = torch.Generator().manual_seed(0)
+    opts = {"dtype": torch.float64, "requires_grad": True}
+    logits = torch.randn(6, 9, generator=gen).mul(3).requires_grad_()
+    logits.data[0, :3] = -25.0  # p below the clamp
+    library = torch.rand(6, 1, generator=gen, dtype=torch.float64).mul(40).add(5).requires_grad_()
+    log_theta, region = torch.randn(9, **opts), torch.randn(9, **opts)
+    cell = torch.randn(6, 1, **opts)
+    logits = logits.double().detach().requires_grad_()
+    counts = torch.poisson(torch.rand(6, 9, generator=gen, dtype=torch.float64) * 5)
+    counts[counts > 3] = 0  # plenty of zeros
+    binary = (counts > 0).double()
+
+    def nb(*args):
+        return lik.NegativeBinomialLogits(*args).log_prob(counts)
+
+    def nb_plain(logits, library, log_theta):
+        mu = library * torch.softmax(logits, -1)
+        return lik.NegativeBinomial(mu, torch.exp(log_theta)).log_prob(counts)
+
+    def bernoulli(*args):
+        return lik.ScaledBernoulli(*args).log_prob(binary)
+
+    def bernoulli_plain(logits, region, cell):
+        p = torch.sigmoid(logits) * torch.sigmoid(region) * torch.sigmoid(cell)
+        p = p.clamp(1e-6, 1 - 1e-6)
+        return torch.distributions.Bernoulli(probs=p, validate_args=False).log_prob(binary)
+
+    for fused, plain, inputs in (
+        (nb, nb_plain, (logits, library, log_theta)),
+        (bernoulli, bernoulli_plain, (logits, region, cell)),
+    ):
+        assert torch.autograd.gradcheck(fused, inputs)
+        weights = torch.rand(6, 9, generator=gen, dtype=torch.float64)
+        fused_grads = torch.autograd.grad((fused(*inputs) * weights).sum(), inputs)
+        plain_grads = torch.autograd.grad((plain(*inputs) * weights).sum(), inputs)
+        torch.testing.assert_close(fused(*inputs), plain(*inputs))
+        for got, expected in zip(fused_grads, plain_grads, strict=True):
+            torch.testing.assert_close(got, expected)
+    # the clamped entries get no gradient through the logits
+    grad = torch.autograd.grad(bernoulli(logits, region, cell).sum(), logits)[0]
+    assert (grad[0, :3] == 0).all()
 
 
 def test_gaussian_takes_a_variance():
@@ -109,3 +173,21 @@ def test_gaussian_recovers_a_known_mean_and_variance():
         optimizer.step()
     torch.testing.assert_close(loc.detach(), true_loc, atol=0.05, rtol=0)
     torch.testing.assert_close(logvar.detach().exp(), true_var, rtol=0.05, atol=0)
+
+
+def test_fused_log_probs_stay_in_float32_under_mixed_precision():
+    """Under bf16 autocast (``precision="bf16-mixed"``) the decoders' logits arrive in
+    bfloat16; the fused log-probabilities are still computed in float32, the same as
+    from those logits upcast by hand."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 50, generator=gen).bfloat16().requires_grad_()
+    library, log_theta = torch.full((8, 1), 500.0), torch.zeros(50)
+    counts = torch.poisson(torch.full((8, 50), 5.0), generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nb = lik.NegativeBinomialLogits(logits, library, log_theta).log_prob(counts)
+        bern = lik.ScaledBernoulli(logits, log_theta).log_prob((counts > 5).float())
+    assert nb.dtype == bern.dtype == torch.float32
+    expected = lik.NegativeBinomialLogits(logits.float(), library, log_theta).log_prob(counts)
+    torch.testing.assert_close(nb, expected)
+    (grad,) = torch.autograd.grad(nb.sum() + bern.sum(), logits)
+    assert grad.dtype == torch.bfloat16 and torch.isfinite(grad).all()

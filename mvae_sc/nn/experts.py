@@ -182,19 +182,19 @@ class Decoder(nn.Module):
         """
         h = self._features(z, covariates)
         out = self.head(h)
-        if self.likelihood in ("nb", "zinb", "poisson"):
+        if self.likelihood == "nb":
+            return lik.NegativeBinomialLogits(out, library, self.log_theta)
+        if self.likelihood in ("zinb", "poisson"):
             mu = library * torch.softmax(out, dim=-1)
             if self.likelihood == "poisson":
                 return lik.poisson(mu)
             theta = torch.exp(self.log_theta)
-            if self.likelihood == "nb":
-                return lik.NegativeBinomial(mu, theta)
             return lik.ZeroInflatedNegativeBinomial(mu, theta, self.zi_head(h))
         if self.likelihood == "bernoulli":
-            probs = torch.sigmoid(out) * torch.sigmoid(self.region_logit)
+            cell_logit = None
             if library is not None:
-                probs = probs * torch.sigmoid(self.depth_slope * library + self.depth_offset)
-            return lik.bernoulli(probs)
+                cell_logit = self.depth_slope * library + self.depth_offset
+            return lik.ScaledBernoulli(out, self.region_logit, cell_logit)
         logvar = self.logvar if library is None else self.logvar + self.spread_exponent * library
         return lik.gaussian(out, torch.exp(logvar).expand_as(out))
 
