@@ -85,11 +85,17 @@ def test_bernoulli_matches_scipy():
 
 
 def test_bernoulli_is_finite_at_extremes():
-    logits = torch.tensor([-50.0, 50.0, 50.0])
-    got = lik.ScaledBernoulli(logits, torch.full((3,), 50.0)).log_prob(
-        torch.tensor([1.0, 0.0, 1.0])
-    )
+    """Log-probabilities and their gradients stay finite where p underflows to 0 or
+    rounds to 1 in float32 (all three logits large); the clamped entries get no gradient."""
+    logits = torch.tensor([[-50.0, 50.0, 50.0]], requires_grad=True)
+    region = torch.full((3,), 50.0, requires_grad=True)
+    cell = torch.full((1, 1), 50.0, requires_grad=True)
+    got = lik.ScaledBernoulli(logits, region, cell).log_prob(torch.tensor([[1.0, 0.0, 1.0]]))
     assert torch.isfinite(got).all()
+    got.sum().backward()
+    for tensor in (logits, region, cell):
+        assert torch.isfinite(tensor.grad).all(), tensor.grad
+    assert (logits.grad == 0).all()
 
 
 def test_fused_log_probs_have_the_gradients_of_their_formulas():
@@ -99,12 +105,12 @@ def test_fused_log_probs_have_the_gradients_of_their_formulas():
     gradient there) and zero counts (whose lgamma terms are skipped)."""
     gen = torch.Generator().manual_seed(0)
     opts = {"dtype": torch.float64, "requires_grad": True}
-    logits = torch.randn(6, 9, generator=gen).mul(3).requires_grad_()
-    logits.data[0, :3] = -25.0  # p below the clamp
+    logits = torch.randn(6, 9, generator=gen, dtype=torch.float64).mul(3)
+    logits[0, :3] = -25.0  # p below the clamp
+    logits.requires_grad_()
     library = torch.rand(6, 1, generator=gen, dtype=torch.float64).mul(40).add(5).requires_grad_()
     log_theta, region = torch.randn(9, **opts), torch.randn(9, **opts)
     cell = torch.randn(6, 1, **opts)
-    logits = logits.double().detach().requires_grad_()
     counts = torch.poisson(torch.rand(6, 9, generator=gen, dtype=torch.float64) * 5)
     counts[counts > 3] = 0  # plenty of zeros
     binary = (counts > 0).double()

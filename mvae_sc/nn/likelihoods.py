@@ -32,16 +32,25 @@ _EPS = 1e-8
 _P_MIN = 1e-6  # Bernoulli probabilities are clamped to [_P_MIN, 1 - _P_MIN]
 
 
+def _at_nonzero_counts(x: torch.Tensor, theta: torch.Tensor, shape: torch.Size):
+    """Indices of the non-zero counts of ``x`` broadcast to ``shape``, and the counts
+    and inverse dispersions there (the NB's lgamma / digamma terms vanish at zero)."""
+    x = x.expand(shape)
+    index = x.nonzero(as_tuple=True)
+    return index, x[index], theta.expand(shape)[index]
+
+
 def _nb_log_prob(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """log NB(x; mu, theta), elementwise, stable for large ``theta`` and ``mu`` near 0."""
+    """log NB(x; mu, theta), elementwise, stable for large ``theta`` and ``mu`` near 0.
+    The lgamma terms are computed at non-zero counts only: at a zero count
+    ``lgamma(theta) - lgamma(theta) - lgamma(1)`` is exactly 0."""
     log_theta_mu = torch.log(theta + mu + _EPS)
-    return (
-        theta * (torch.log(theta + _EPS) - log_theta_mu)
-        + x * (torch.log(mu + _EPS) - log_theta_mu)
-        + torch.lgamma(x + theta)
-        - torch.lgamma(theta)  # (G,) when theta is per feature
-        - torch.lgamma(x + 1)
+    out = theta * (torch.log(theta + _EPS) - log_theta_mu) + x * (
+        torch.log(mu + _EPS) - log_theta_mu
     )
+    index, x_nz, theta_nz = _at_nonzero_counts(x, theta, out.shape)
+    terms = torch.lgamma(x_nz + theta_nz) - torch.lgamma(theta_nz) - torch.lgamma(x_nz + 1)
+    return out.index_put(index, terms, accumulate=True)
 
 
 class NegativeBinomial(Distribution):
@@ -149,8 +158,7 @@ class NegativeBinomialLogits(NegativeBinomial):
 
     ``log_prob`` is one fused autograd step (:class:`_NBLogitsLogProb`) that keeps only
     the softmax for the backward pass, where the plain formula keeps about ten tensors
-    of the minibatch's full size; its lgamma terms are computed at non-zero counts only
-    (at a zero count they cancel exactly). Same values and gradients as
+    of the minibatch's full size. Same values and gradients as
     ``NegativeBinomial(mu, theta)``.
 
     Examples
@@ -191,6 +199,9 @@ def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return grad.sum(dims, keepdim=True).reshape(shape) if dims else grad
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
 def _full_precision(forward):
     """Run a fused log-probability in float32 at least, also under mixed precision
     (autocast off inside; bfloat16 / float16 inputs are upcast; their gradients are
@@ -208,9 +219,6 @@ def _full_precision(forward):
     return wrapped
 
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
 class _NBLogitsLogProb(torch.autograd.Function):
     """Elementwise log NB(x; library * softmax(logits), exp(log_theta)), the formula of
     :func:`_nb_log_prob`, with a hand-written backward pass."""
@@ -219,16 +227,8 @@ class _NBLogitsLogProb(torch.autograd.Function):
     @_full_precision
     def forward(ctx, logits, library, log_theta, x):
         s = torch.softmax(logits, dim=-1)
-        mu = library * s
-        theta = torch.exp(log_theta)
-        log_theta_mu = torch.log(theta + mu + _EPS)
-        out = theta * (torch.log(theta + _EPS) - log_theta_mu)
-        out += x * (torch.log(mu + _EPS) - log_theta_mu)
-        nz = x.nonzero(as_tuple=True)
-        x_nz, theta_nz = x[nz], theta.expand_as(x)[nz]
-        out[nz] += torch.lgamma(x_nz + theta_nz) - torch.lgamma(theta_nz) - torch.lgamma(x_nz + 1)
         ctx.save_for_backward(s, library, log_theta, x)
-        return out
+        return _nb_log_prob(x, library * s, torch.exp(log_theta))
 
     @staticmethod
     def backward(ctx, grad):
@@ -247,9 +247,8 @@ class _NBLogitsLogProb(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             d_theta = torch.log(theta + _EPS) + theta / (theta + _EPS) - torch.log(theta_mu)
             d_theta -= ratio
-            nz = x.nonzero(as_tuple=True)
-            x_nz, theta_nz = x[nz], theta.expand_as(x)[nz]
-            d_theta[nz] += torch.digamma(x_nz + theta_nz) - torch.digamma(theta_nz)
+            index, x_nz, theta_nz = _at_nonzero_counts(x, theta, d_theta.shape)
+            d_theta[index] += torch.digamma(x_nz + theta_nz) - torch.digamma(theta_nz)
             grad_log_theta = _sum_to(grad * d_theta, log_theta.shape) * theta
         return grad_logits, grad_library, grad_log_theta, None
 
@@ -297,17 +296,15 @@ class ScaledBernoulli(Distribution):
 
     @property
     def variance(self) -> torch.Tensor:
-        return self.probs * (1 - self.probs)
+        probs = self.probs
+        return probs * (1 - probs)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
         with torch.no_grad():
             return torch.bernoulli(self.probs.expand(self._extended_shape(sample_shape)))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        cell = self.cell_logit if self.cell_logit is not None else self.logits.new_zeros(())
-        return _ScaledBernoulliLogProb.apply(
-            self.logits, self.region_logit, cell, value, self.cell_logit is not None
-        )
+        return _ScaledBernoulliLogProb.apply(self.logits, self.region_logit, self.cell_logit, value)
 
 
 class _ScaledBernoulliLogProb(torch.autograd.Function):
@@ -316,38 +313,39 @@ class _ScaledBernoulliLogProb(torch.autograd.Function):
     the clamp is active, as for ``torch.clamp``)."""
 
     @staticmethod
-    def _probs(logits, region_logit, cell_logit, has_cell):
+    def _probs(logits, region_logit, cell_logit):
         log_p = F.logsigmoid(logits) + F.logsigmoid(region_logit)
-        if has_cell:
+        if cell_logit is not None:
             log_p += F.logsigmoid(cell_logit)
         return log_p.exp_()
 
     @staticmethod
     @_full_precision
-    def forward(ctx, logits, region_logit, cell_logit, x, has_cell):
-        p = _ScaledBernoulliLogProb._probs(logits, region_logit, cell_logit, has_cell)
+    def forward(ctx, logits, region_logit, cell_logit, x):
+        p = _ScaledBernoulliLogProb._probs(logits, region_logit, cell_logit)
         p = p.clamp_(_P_MIN, 1 - _P_MIN)
         out = torch.log1p(-p)
         out += x * (torch.log(p) - out)
-        ctx.has_cell = has_cell
         ctx.save_for_backward(logits, region_logit, cell_logit, x)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         logits, region_logit, cell_logit, x = ctx.saved_tensors
-        p = _ScaledBernoulliLogProb._probs(logits, region_logit, cell_logit, ctx.has_cell)
+        p = _ScaledBernoulliLogProb._probs(logits, region_logit, cell_logit)
         inside = (p >= _P_MIN) & (p <= 1 - _P_MIN)
-        # d/d(logit_i) of the log-likelihood: (x/p - (1-x)/(1-p)) * p * sigmoid(-logit_i)
+        # d/d(logit_i) of the log-likelihood: (x/p - (1-x)/(1-p)) * p * sigmoid(-logit_i);
+        # the clamped p in the ratio keeps it finite where p rounds to 1 (masked anyway)
+        p = p.clamp_(_P_MIN, 1 - _P_MIN)
         common = grad * (x - (1 - x) * p / (1 - p)) * inside
         grad_logits = common * torch.sigmoid(-logits) if ctx.needs_input_grad[0] else None
         grad_region = grad_cell = None
         if ctx.needs_input_grad[1]:
             grad_region = _sum_to(common, region_logit.shape) * torch.sigmoid(-region_logit)
-        if ctx.has_cell and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:
             per_cell = common.sum(-1, keepdim=True)
             grad_cell = _sum_to(per_cell, cell_logit.shape) * torch.sigmoid(-cell_logit)
-        return grad_logits, grad_region, grad_cell, None, None
+        return grad_logits, grad_region, grad_cell, None
 
 
 def poisson(rate: torch.Tensor) -> Poisson:
