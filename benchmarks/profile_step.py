@@ -1,11 +1,11 @@
 """Where a training step's time goes at realistic feature counts: gathering the
-minibatch from CSR, the forward pass, the backward pass and the optimiser step, and, over
+minibatch from CSR (and making it dense on the device), the forward pass, the backward pass and the optimiser step, and, over
 forward + backward, which operators take the time (matrix products, the likelihoods'
 special functions, the rest).
 
 Usage:
     python benchmarks/profile_step.py [--cells 4000] [--genes 20000] [--peaks 50000]
-                                      [--batch-size 128] [--steps 20]
+                                      [--batch-size 128] [--steps 20] [--data-on-device]
                                       [--out benchmarks/results/profile_step.json]
 
 The model is the default one (``MVAE(mdata)`` after ``setup_mudata(batch_key="batch")``:
@@ -14,7 +14,8 @@ PoE, 20 latent dimensions, 256 hidden units, the adversary on), stepped the way
 Phases are wall-clock means over ``--steps`` steps after three warm-up steps, on the
 default device, with the host allocator set as ``train`` sets it
 (:func:`mvae_sc.train.reuse_freed_memory`) and, for comparison, as glibc leaves it by
-default, with the page faults per step of each. Operator shares come from a further set
+default, with the page faults per step of each, and with float32 matrix products on
+tensor cores as ``train`` runs them (:func:`mvae_sc.train.tensor_core_matmuls`; GPU only). Operator shares come from a further set
 of steps under ``torch.profiler`` (self time of each ATen operator, so nothing is
 counted twice).
 """
@@ -56,14 +57,21 @@ def main() -> None:
     parser.add_argument("--peaks", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--data-on-device",
+        action="store_true",
+        help="copy the data to the GPU first and gather minibatches there (as "
+        "train(data_on_device=True))",
+    )
     parser.add_argument("--out", default="benchmarks/results/profile_step.json")
     args = parser.parse_args()
 
     import mudata
     import torch
+    from lightning.fabric.utilities.apply_func import move_data_to_device
 
     import mvae_sc
-    from mvae_sc.model import _to_device
+    from mvae_sc.data.loader import densify_batch
     from mvae_sc.train import TrainingPlan, reuse_freed_memory
 
     mudata.set_options(pull_on_update=False)
@@ -76,7 +84,7 @@ def main() -> None:
     module = model.module.to(device).train()
     optimiser = TrainingPlan(module).configure_optimizers()  # AdamW as in training
     rng = np.random.default_rng(0)
-    data = model._data
+    data = model._data.to(device) if args.data_on_device else model._data
 
     def sync() -> None:
         if device.type == "cuda":
@@ -85,7 +93,7 @@ def main() -> None:
     def step(times: dict | None) -> None:
         t0 = time.perf_counter()
         batch = data.minibatch(rng.choice(data.n_cells, args.batch_size, replace=False))
-        batch = _to_device(batch, device)
+        batch = densify_batch(move_data_to_device(batch, device))
         sync()
         t1 = time.perf_counter()
         out = module.loss(batch, kl_weight=0.25, stratified=False, adversary_scale=1.0)
@@ -117,6 +125,7 @@ def main() -> None:
         phases = {k: round(1000 * float(np.mean(v)), 1) for k, v in times.items()}
         return {**phases, "total": round(sum(phases.values()), 1)}, round(faults)
 
+    torch.set_float32_matmul_precision("high")  # as train() sets it (tensor_core_matmuls)
     default_phases, default_faults = measure()  # first: the settings persist afterwards
     with reuse_freed_memory():
         phases, faults = measure()
@@ -132,7 +141,11 @@ def main() -> None:
     profiled = sum(by_category.values())
     report = {
         "command": "python benchmarks/profile_step.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+        + " ".join(
+            f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}")
+            for k, v in vars(args).items()
+            if k != "out" and v is not False
+        ),
         "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
         "device": str(device),
         "torch_threads": torch.get_num_threads(),

@@ -4,6 +4,8 @@ peak memory, at realistic feature counts.
 Usage:
     python benchmarks/scale.py [--cells 10000 30000 100000] [--genes 20000] [--peaks 50000]
                                [--epochs 2] [--backed] [--out benchmarks/results/scale.json]
+                               [--tile K] [--precision 32-true] [--batch-size N]
+                               [--data-on-device auto|yes|no]
 
 Every size runs in its own child process (so its peak RSS is its own): it simulates the
 synthetic mosaic multiome set, trains ``--epochs`` epochs on all cells (no validation,
@@ -15,7 +17,13 @@ another process and written to an .h5mu file, so the measured process holds only
 user's session would: the MuData read from the file (in memory, or ``--backed`` from
 disk) and the training state. The training state is reported apart: the weights, their
 gradients and AdamW's two moments (4 x model), plus the dense minibatch activations.
-The device is the default one (a GPU when present), recorded in the output.
+The device is the default one (a GPU when present), recorded in the output with the
+GPU's peak memory.
+
+``--tile K`` reaches atlas sizes quickly on a GPU machine: it simulates ``cells / K``
+distinct cells and the measured process stacks K copies of each (new cell names, the
+same sparse rows), so a minibatch costs what it would on ``cells`` distinct cells. Host
+memory then includes the stacking and is not comparable with untiled rows.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 
 def _simulate(n_cells: int, genes: int, peaks: int, path: Path) -> None:
@@ -46,11 +55,34 @@ def _simulate(n_cells: int, genes: int, peaks: int, path: Path) -> None:
     mdata.write(path)
 
 
-def _child(path: Path, epochs: int, backed: bool) -> dict:
+def _tiled(mdata, k: int):
+    """``k`` copies of every cell: each modality's CSR rows stacked ``k`` times."""
+    import anndata as ad
+    import mudata
+    import scipy.sparse as sp
+
+    mods = {}
+    for name, adata in mdata.mod.items():
+        x = adata.X
+        nnz, n = x.nnz, x.shape[0]
+        indptr = np.concatenate([[0]] + [x.indptr[1:].astype(np.int64) + i * nnz for i in range(k)])
+        tiled = sp.csr_matrix((np.tile(x.data, k), np.tile(x.indices, k), indptr),
+                              shape=(n * k, x.shape[1]))  # fmt: skip
+        names = [f"{c}-{i}" for i in range(k) for c in adata.obs_names]
+        mods[name] = ad.AnnData(tiled, obs=pd.DataFrame(index=names), var=adata.var)
+    out = mudata.MuData(mods)
+    batch = mdata.obs["batch"].astype(str)
+    out.obs["batch"] = [batch[name.rsplit("-", 1)[0]] for name in out.obs_names]
+    return out
+
+
+def _child(path: Path, args: argparse.Namespace) -> dict:
     import h5py
     import lightning.pytorch as pl
     import mudata
     import torch
+
+    epochs, backed, tile = args.epochs, args.backed, args.tile
 
     import mvae_sc
 
@@ -63,6 +95,9 @@ def _child(path: Path, epochs: int, backed: bool) -> dict:
             for part in ("data", "indices", "indptr")
         )
     mdata = mudata.read_h5mu(path, backed=backed)
+    if tile > 1:
+        mdata = _tiled(mdata, tile)
+        input_bytes *= tile
     n_cells, genes, peaks = mdata.n_obs, mdata.mod["rna"].n_vars, mdata.mod["atac"].n_vars
     rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch")
@@ -83,9 +118,13 @@ def _child(path: Path, epochs: int, backed: bool) -> dict:
     model.train(
         max_epochs=epochs,
         train_size=1.0,
+        batch_size=args.batch_size,
+        data_on_device={"auto": None, "yes": True, "no": False}[args.data_on_device],
+        precision=args.precision,
         enable_progress_bar=False,
         callbacks=[timer],
     )
+    gpu = model.device.type == "cuda"
     per_epoch = float(np.mean(timer.times[1:] if len(timer.times) > 1 else timer.times))
     return {
         "n_cells": n_cells,
@@ -100,7 +139,12 @@ def _child(path: Path, epochs: int, backed: bool) -> dict:
         "rss_mb_after_imports": round(rss_imports, 1),
         "peak_rss_mb_after_reading_data": round(rss_data, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "device": str(model.device),
+        "device": torch.cuda.get_device_name(model.device) if gpu else "cpu",
+        "gpu_peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if gpu else None,
+        "data_on_device": args.data_on_device,
+        "tile": tile,
+        "batch_size": args.batch_size or mvae_sc.model.default_batch_size(n_cells, gpu=gpu),
+        "precision": args.precision,
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -112,6 +156,10 @@ def main() -> None:
     parser.add_argument("--peaks", type=int, default=50_000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--backed", action="store_true")
+    parser.add_argument("--tile", type=int, default=1, help="stack K copies of cells/K cells")
+    parser.add_argument("--precision", default="32-true", help="Lightning precision")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: train's")
+    parser.add_argument("--data-on-device", choices=["auto", "yes", "no"], default="auto")
     parser.add_argument("--out", default="benchmarks/results/scale.json")
     parser.add_argument(
         "--data-dir",
@@ -123,10 +171,10 @@ def main() -> None:
     parser.add_argument("--simulate", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.simulate is not None:
-        _simulate(args.cells[0], args.genes, args.peaks, args.simulate)
+        _simulate(args.cells[0] // args.tile, args.genes, args.peaks, args.simulate)
         return
     if args.child is not None:
-        result = _child(args.child, args.epochs, args.backed)
+        result = _child(args.child, args)
         print("RESULT " + json.dumps(result))  # noqa: T201 - read by the parent
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,16 +193,21 @@ def _run_sizes(args: argparse.Namespace, data_dir: Path) -> list[dict]:
     data_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for n_cells in args.cells:
-        path = data_dir / f"synthetic_{n_cells}x{args.genes}x{args.peaks}.h5mu"
+        path = data_dir / f"synthetic_{n_cells // args.tile}x{args.genes}x{args.peaks}.h5mu"
         if not path.exists():  # simulated once, reused by later runs with --data-dir
             subprocess.run(
                 [sys.executable, __file__, "--simulate", str(path), "--cells", str(n_cells),
-                 "--genes", str(args.genes), "--peaks", str(args.peaks)],
+                 "--genes", str(args.genes), "--peaks", str(args.peaks),
+                 "--tile", str(args.tile)],
                 check=True,
             )  # fmt: skip
         command = [
             sys.executable, __file__, "--child", str(path), "--epochs", str(args.epochs),
-        ] + (["--backed"] if args.backed else [])  # fmt: skip
+            "--tile", str(args.tile), "--precision", args.precision,
+            "--data-on-device", args.data_on_device,
+        ] + (["--backed"] if args.backed else []) + (
+            ["--batch-size", str(args.batch_size)] if args.batch_size else []
+        )  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode != 0 or not lines:

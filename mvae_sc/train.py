@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import logging
 import math
 import sys
 from collections.abc import Iterator
@@ -13,11 +14,17 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from .data.loader import CellData, minibatch_loader
+from .data.loader import CellData, densify_batch, minibatch_loader
 from .nn.module import MVAEModule
+
+logger = logging.getLogger(__name__)
 
 # The discriminator's learning rate relative to the rest of the model.
 DISCRIMINATOR_LR_FACTOR = 30.0
+
+# ``data_on_device=None`` puts the data on a GPU when it takes at most this share of the
+# GPU's free memory (the rest is for the model, the optimiser and the minibatches).
+DEVICE_DATA_SHARE = 0.5
 
 
 # glibc's mallopt parameters (malloc.h) and the values used while training.
@@ -65,6 +72,20 @@ def reuse_freed_memory() -> Iterator[None]:
         libc.malloc_trim(0)
 
 
+@contextlib.contextmanager
+def tensor_core_matmuls() -> Iterator[None]:
+    """float32 matrix products on TensorFloat-32 tensor cores (``torch`` "high" matmul
+    precision) while training: several times faster on Ampere and later GPUs, well
+    within the noise of stochastic training; no effect on CPU. The previous setting
+    is restored on exit."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 class MuDataModule(pl.LightningDataModule):
     """Splits the cells into training and validation sets (in ``setup``) and serves
     minibatches of both.
@@ -74,24 +95,39 @@ class MuDataModule(pl.LightningDataModule):
     data
         The registered cells.
     train_size
-        Fraction of cells used for training; the rest validates (early stopping). With
-        1.0 there is no validation set.
+        Fraction of cells used for training; the rest is validated on (early stopping).
+        With 1.0 there is no validation set.
     batch_size
         Cells per minibatch.
     seed
         Seed of the split and of the shuffling.
+    data_on_device
+        Where minibatches are gathered when training on a GPU. ``True``: all the data
+        (sparse, as they are) are copied to the GPU once and minibatches are gathered
+        there, with no work left for the host. ``False``: they stay in host memory
+        and each minibatch travels as its non-zero values, from pinned memory, made
+        dense on the GPU. ``None``: on the GPU when they take at most
+        ``DEVICE_DATA_SHARE`` of its free memory and are not backed. Ignored on CPU.
     """
 
     def __init__(
-        self, data: CellData, *, train_size: float = 0.9, batch_size: int = 256, seed: int = 0
+        self,
+        data: CellData,
+        *,
+        train_size: float = 0.9,
+        batch_size: int = 256,
+        seed: int = 0,
+        data_on_device: bool | None = None,
     ):
         super().__init__()
         self.data = data
         self.train_size = train_size
         self.batch_size = batch_size
         self.seed = seed
+        self.data_on_device = data_on_device
         self.train_cells = np.arange(data.n_cells)
         self.val_cells = np.arange(0)
+        self.placed = data  # the data where minibatches are gathered (set in ``setup``)
 
     def setup(self, stage: str | None = None) -> None:
         rng = np.random.default_rng(self.seed)
@@ -103,13 +139,38 @@ class MuDataModule(pl.LightningDataModule):
         )
         self.train_cells = np.sort(order[:n_train])
         self.val_cells = np.sort(order[n_train:])
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        self.placed = self.data.to(device) if self._on_device(device) else self.data
+
+    def _on_device(self, device: torch.device) -> bool:
+        if device.type == "cpu" or self.data_on_device is False:
+            return False
+        size = self.data.device_nbytes()
+        if self.data_on_device is None:
+            if self.data.is_backed or device.type != "cuda":
+                return False
+            free, _ = torch.cuda.mem_get_info(device)
+            if size > DEVICE_DATA_SHARE * free:
+                logger.info(
+                    "The data (%.1f GB) exceed %.0f%% of the GPU's free memory (%.1f GB): "
+                    "minibatches are gathered on the host.",
+                    size / 1e9, 100 * DEVICE_DATA_SHARE, free / 1e9,
+                )  # fmt: skip
+                return False
+        logger.info("Training data copied to %s (%.1f GB).", device, size / 1e9)
+        return True
+
+    def _loader(self, cells: np.ndarray, **kwargs):
+        pin = self.placed.device.type == "cpu" and (
+            self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        )
+        return minibatch_loader(self.placed, cells, pin_memory=pin, **kwargs)
 
     def train_dataloader(self):
         # drop a last minibatch of a single cell: LayerNorm statistics need no batch, but
         # a lone cell gives a noisy step; it is seen again in the next epoch's shuffle.
         drop_last = len(self.train_cells) % self.batch_size == 1
-        return minibatch_loader(
-            self.data,
+        return self._loader(
             self.train_cells,
             batch_size=self.batch_size,
             shuffle=True,
@@ -118,9 +179,15 @@ class MuDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self):
-        return minibatch_loader(
-            self.data, self.val_cells, batch_size=max(self.batch_size, 1024), shuffle=False
-        )
+        return self._loader(self.val_cells, batch_size=max(self.batch_size, 1024), shuffle=False)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # sparse modalities travel as their non-zero values and are made dense here, on
+        # the training device
+        return densify_batch(batch)
+
+    def teardown(self, stage: str | None = None) -> None:
+        self.placed = self.data  # free the device copy
 
 
 class TrainingPlan(pl.LightningModule):

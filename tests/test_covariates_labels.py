@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mvae_sc
-from mvae_sc.data.loader import CellData
+from mvae_sc.data.loader import CellData, densify_batch
 from mvae_sc.data.registry import Registry
 
 
@@ -135,7 +135,7 @@ def test_adversary_gradients_train_each_side_only(mdata):
     mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch")
     model = mvae_sc.MVAE(mdata, n_latent=4, n_hidden=16, adversarial_batch=True)
     module = model.module
-    batch = model._data.minibatch(np.arange(32))
+    batch = densify_batch(model._data.minibatch(np.arange(32)))
     out = module.loss(batch, adversary_scale=1.0)
     assert {"discriminator_loss", "adversary_loss", "discriminator_accuracy"} <= set(out)
 
@@ -169,7 +169,7 @@ def test_classification_loss_uses_labelled_cells_only(mdata):
     mvae_sc.MVAE.setup_mudata(mdata, labels_key="few")
     model = mvae_sc.MVAE(mdata, n_latent=4, n_hidden=16, classification_weight=2.0)
     module = model.module.eval()
-    batch = model._data.minibatch(np.arange(40))
+    batch = densify_batch(model._data.minibatch(np.arange(40)))
     torch.manual_seed(0)
     out = module.loss(batch)
     # flipping the labels of unlabelled cells changes nothing

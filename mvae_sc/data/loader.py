@@ -1,7 +1,10 @@
 """Minibatches from a registered MuData: sparse rows gathered per batch, presence masks.
 
 Matrices stay as the user has them (CSR is used as is; no dense copy of the whole data):
-each minibatch gathers its rows with vectorised CSR indexing and densifies only those.
+each minibatch gathers its rows with vectorised CSR indexing (:func:`gather_csr_rows`),
+travels as those non-zero values and is made dense only on the device that trains
+(:func:`densify_batch`). On a GPU the whole sparse data set can instead be copied to
+the device once (:meth:`CellData.to`), and minibatches are then gathered there.
 A backed MuData (``mudata.read_h5mu(path, backed=True)``) stays on disk: minibatches read
 their rows from the file, and whole-matrix passes (validation, depths) read blocks of
 ``registry.BACKED_CHUNK`` rows, so memory is bounded by the chunk and minibatch sizes,
@@ -10,6 +13,7 @@ not by the number of cells.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 
 import h5py
@@ -17,6 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from mudata import MuData
 
 from .registry import Registry, get_values, is_backed, row_blocks
@@ -46,8 +51,192 @@ def _row_totals(matrix, *, binary: bool) -> np.ndarray:
     return ((matrix > 0) if binary else matrix).sum(axis=1).astype(np.float32)
 
 
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` (no copy) where torch has the dtype, else a float32 copy."""
+    try:
+        return torch.from_numpy(np.ascontiguousarray(array))
+    except TypeError:
+        return torch.from_numpy(np.asarray(array, dtype=np.float32))
+
+
+def gather_csr_rows(
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    column_map: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Rows ``rows`` of a CSR matrix as a smaller CSR matrix, without a Python loop.
+
+    Works on whichever device the tensors are on (a GPU for a resident dataset). A row
+    position of ``-1`` gives an empty row (a cell that lacks the modality).
+    ``column_map`` (data column -> model column) renumbers the columns when a model
+    meets its features in another order.
+
+    Returns
+    -------
+    ``{"indptr", "indices", "values"}`` of the gathered rows (see :func:`densify`).
+    """
+    present = rows >= 0
+    safe = rows.clamp(min=0)
+    starts = indptr[safe].long()
+    counts = torch.where(present, indptr[safe + 1].long() - starts, 0)
+    out_indptr = torch.zeros(len(rows) + 1, dtype=torch.int64, device=rows.device)
+    torch.cumsum(counts, 0, out=out_indptr[1:])
+    total = int(out_indptr[-1])
+    source = torch.repeat_interleave(starts - out_indptr[:-1], counts, output_size=total)
+    source += torch.arange(total, device=rows.device)
+    columns = indices[source]
+    if column_map is not None:
+        columns = column_map[columns.long()]
+    return {"indptr": out_indptr, "indices": columns, "values": values[source]}
+
+
+def densify(part: dict[str, torch.Tensor], n_features: int) -> torch.Tensor:
+    """The dense float32 ``(cells, n_features)`` matrix of a gathered CSR minibatch
+    (:func:`gather_csr_rows`), built on the device its tensors are on."""
+    indptr, columns = part["indptr"], part["indices"]
+    n_cells = len(indptr) - 1
+    row_of = torch.repeat_interleave(
+        torch.arange(n_cells, device=indptr.device), indptr.diff(), output_size=len(columns)
+    )
+    out = torch.zeros(n_cells, n_features, dtype=torch.float32, device=indptr.device)
+    out.view(-1)[row_of * n_features + columns.long()] = part["values"].to(torch.float32)
+    return out
+
+
+def densify_batch(batch: dict) -> dict:
+    """The minibatch with every sparse modality (a gathered CSR part) made dense; done on
+    the training device, so only the non-zero values travel to it."""
+    x = batch["x"]
+    if any(isinstance(v, dict) for v in x.values()):
+        batch = dict(batch)
+        batch["x"] = {
+            name: densify(v, int(v["n_features"])) if isinstance(v, dict) else v
+            for name, v in x.items()
+        }
+    return batch
+
+
+class _SparseSource:
+    """One modality's CSR matrix as torch tensors (shared with scipy's arrays on the
+    CPU; moved whole to a GPU by :meth:`to`)."""
+
+    def __init__(self, indptr, indices, values, n_features, *, binary, column_map=None):
+        self.indptr, self.indices, self.values = indptr, indices, values
+        self.n_features, self.binary, self.column_map = n_features, binary, column_map
+
+    @classmethod
+    def from_scipy(cls, matrix, n_features, *, binary, column_map=None) -> _SparseSource:
+        return cls(
+            _tensor(matrix.indptr),
+            _tensor(matrix.indices),
+            _tensor(matrix.data),
+            n_features,
+            binary=binary,
+            column_map=column_map,
+        )
+
+    def take(self, rows: torch.Tensor) -> dict:
+        part = gather_csr_rows(
+            self.indptr, self.indices, self.values, rows, column_map=self.column_map
+        )
+        # Bernoulli data are "accessible or not": one byte per value on the way
+        values = part["values"]
+        part["values"] = values > 0 if self.binary else values.to(torch.float32)
+        part["n_features"] = self.n_features
+        return part
+
+    def to(self, device: torch.device) -> _SparseSource:
+        small = self.n_features < 2**31 and len(self.indices) < 2**31
+        return _SparseSource(
+            self.indptr.to(device, torch.int64),
+            self.indices.to(device, torch.int32 if small else torch.int64),
+            (self.values > 0 if self.binary else self.values.to(torch.float32)).to(device),
+            self.n_features,
+            binary=self.binary,
+            column_map=None if self.column_map is None else self.column_map.to(device),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the matrix on a device (see :meth:`to`)."""
+        return len(self.indptr) * 8 + len(self.indices) * (4 + (1 if self.binary else 4))
+
+
+class _DenseSource:
+    """One modality's dense matrix as a float32 tensor."""
+
+    def __init__(self, matrix: torch.Tensor, *, binary: bool, columns=None):
+        self.matrix, self.binary, self.columns = matrix, binary, columns
+        self.n_features = matrix.shape[1] if columns is None else len(columns)
+
+    def take(self, rows: torch.Tensor) -> torch.Tensor:
+        present = rows >= 0
+        block = self.matrix[rows.clamp(min=0)]
+        if self.columns is not None:
+            block = block[:, self.columns]
+        block = ((block > 0) if self.binary else block).to(torch.float32)
+        return torch.where(present.unsqueeze(-1), block, 0.0)
+
+    def to(self, device: torch.device) -> _DenseSource:
+        matrix = self.matrix if self.columns is None else self.matrix[:, self.columns]
+        return _DenseSource(matrix.to(device, torch.float32), binary=self.binary)
+
+    @property
+    def nbytes(self) -> int:
+        return self.matrix.shape[0] * self.n_features * 4
+
+
+class _BackedSource:
+    """One modality's matrix on disk (backed AnnData): each minibatch reads its rows."""
+
+    def __init__(self, matrix, n_features, *, binary, column_map=None, columns=None):
+        self.matrix, self.n_features, self.binary = matrix, n_features, binary
+        self.column_map, self.columns = column_map, columns
+
+    def take(self, rows: torch.Tensor):
+        present = (rows >= 0).numpy()
+        block = _take_rows(self.matrix, rows.numpy()[present])
+        # positions of the cells' rows in the block read (-1: absent)
+        in_block = torch.from_numpy(np.cumsum(present) - 1).where(rows >= 0, -1)
+        if sp.issparse(block):
+            source = _SparseSource.from_scipy(
+                sp.csr_matrix(block), self.n_features, binary=self.binary,
+                column_map=self.column_map,
+            )  # fmt: skip
+        else:
+            source = _DenseSource(
+                _tensor(np.asarray(block)), binary=self.binary, columns=self.columns
+            )
+        return source.take(in_block)
+
+
+def _source(matrix, n_features: int, *, binary: bool, positions: np.ndarray | None):
+    """How minibatches read one modality's matrix (``positions``: the data's columns of
+    the model's features, in the model's order, when the data have them reordered)."""
+    column_map = columns = None
+    if positions is not None:
+        columns = torch.from_numpy(np.asarray(positions, dtype=np.int64))
+        column_map = torch.empty(len(columns), dtype=torch.int64)
+        column_map[columns] = torch.arange(len(columns))  # a permutation
+    if is_backed(matrix):
+        return _BackedSource(
+            matrix, n_features, binary=binary, column_map=column_map, columns=columns
+        )
+    if sp.issparse(matrix):
+        return _SparseSource.from_scipy(matrix, n_features, binary=binary, column_map=column_map)
+    return _DenseSource(_tensor(matrix), binary=binary, columns=columns)
+
+
 class CellData:
     """A registered MuData seen as cells × modalities, ready to be cut into minibatches.
+
+    Minibatches carry each sparse modality as its gathered CSR rows (only the non-zero
+    values), made dense by :func:`densify_batch` on the device that trains; dense
+    modalities travel dense. :meth:`to` puts a copy of all the values on a GPU, where
+    minibatches are then gathered without the host (``train(data_on_device=...)``).
 
     Parameters
     ----------
@@ -70,15 +259,19 @@ class CellData:
         self.registry = registry
         self.n_cells = mdata.n_obs
         self.obs_names = mdata.obs_names
-        self.matrices: dict[str, object] = {}
+        self.device = torch.device("cpu")
         self.rows: dict[str, np.ndarray] = {}
         self.library: dict[str, np.ndarray] = {}
-        self.feature_index = feature_index or {}
+        self.sources: dict[str, _SparseSource | _DenseSource | _BackedSource] = {}
+        feature_index = feature_index or {}
         for name, spec in registry.modalities.items():
             matrix = _as_row_indexable(get_values(mdata, name, spec.layer))
-            self.matrices[name] = matrix
+            binary = spec.likelihood == "bernoulli"
+            positions = feature_index.get(name)
+            n_features = matrix.shape[1] if positions is None else len(positions)
+            self.sources[name] = _source(matrix, n_features, binary=binary, positions=positions)
             self.rows[name] = np.asarray(mdata.obsmap[name], dtype=np.int64) - 1  # -1 = absent
-            totals = _row_totals(matrix, binary=spec.likelihood == "bernoulli")
+            totals = _row_totals(matrix, binary=binary)
             library = np.zeros(self.n_cells, dtype=np.float32)
             present = self.rows[name] >= 0
             library[present] = totals[self.rows[name][present]]
@@ -96,15 +289,53 @@ class CellData:
             parts.append(((values - mean) / sd).astype(np.float32)[:, None])
         self.covariates = np.hstack(parts) if parts else None
         self.labels, self.labelled = _labels(mdata, registry, self.n_cells)
+        # per-cell values as tensors (sharing the arrays above), moved by ``to``
+        self._per_cell = {
+            "rows": {n: torch.from_numpy(r) for n, r in self.rows.items()},
+            "library": {n: torch.from_numpy(v).unsqueeze(-1) for n, v in self.library.items()},
+        }
+        for key in ("covariates", "labels", "labelled"):
+            if getattr(self, key) is not None:
+                self._per_cell[key] = torch.from_numpy(getattr(self, key))
+        if registry.n_batches:
+            self._per_cell["batch_index"] = torch.from_numpy(self.batch_index)
 
     def presence(self, name: str) -> np.ndarray:
         """Boolean per cell: does the cell have modality ``name``."""
         return self.rows[name] >= 0
 
     def n_features(self, name: str) -> int:
-        if name in self.feature_index:
-            return len(self.feature_index[name])
-        return self.matrices[name].shape[1]
+        return self.sources[name].n_features
+
+    @property
+    def is_backed(self) -> bool:
+        """True when some modality is read from disk (a backed MuData)."""
+        return any(isinstance(s, _BackedSource) for s in self.sources.values())
+
+    def device_nbytes(self) -> int:
+        """Bytes that :meth:`to` puts on a device: the values and the per-cell arrays."""
+        per_cell = sum(
+            t.numel() * t.element_size()
+            for v in self._per_cell.values()
+            for t in (v.values() if isinstance(v, dict) else [v])
+        )
+        return per_cell + sum(s.nbytes for s in self.sources.values())
+
+    def to(self, device: torch.device | str) -> CellData:
+        """A copy with every value on ``device`` (minibatches are then gathered there).
+
+        Sparse matrices keep their sparsity (Bernoulli values as one byte); a backed
+        MuData cannot be moved (read it into memory first)."""
+        if self.is_backed:
+            raise ValueError(
+                "A backed MuData stays on disk and cannot be copied to a device; train "
+                "with data_on_device=False, or read it into memory (mudata.read_h5mu)."
+            )
+        moved = copy.copy(self)
+        moved.device = torch.device(device)
+        moved.sources = {n: s.to(moved.device) for n, s in self.sources.items()}
+        moved._per_cell = move_data_to_device(self._per_cell, moved.device)
+        return moved
 
     def dense_rows(self, name: str, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Dense float32 values of modality ``name`` for ``cells`` (zeros where absent).
@@ -113,35 +344,27 @@ class CellData:
         -------
         ``(values, present)``: ``(len(cells), n_features)`` and the boolean mask.
         """
-        rows = self.rows[name][cells]
-        present = rows >= 0
-        out = np.zeros((len(cells), self.n_features(name)), dtype=np.float32)
-        if present.any():
-            block = _take_rows(self.matrices[name], rows[present])
-            if name in self.feature_index:
-                block = block[:, self.feature_index[name]]
-            block = block.toarray() if sp.issparse(block) else np.asarray(block)
-            if self.registry.modalities[name].likelihood == "bernoulli":
-                block = block > 0
-            out[present] = block
-        return out, present
+        rows = torch.from_numpy(self.rows[name][np.asarray(cells, dtype=np.int64)])
+        values = self.sources[name].take(rows)
+        if isinstance(values, dict):
+            values = densify(values, self.n_features(name))
+        return values.numpy(), (rows >= 0).numpy()
 
-    def minibatch(self, cells: np.ndarray) -> dict:
-        """The tensors of one minibatch (see :mod:`mvae_sc.nn.module` for the layout)."""
-        cells = np.asarray(cells, dtype=np.int64)
-        batch: dict = {"x": {}, "mask": {}, "library": {}, "cells": torch.from_numpy(cells)}
-        for name in self.registry.modalities:
-            values, present = self.dense_rows(name, cells)
-            batch["x"][name] = torch.from_numpy(values)
-            batch["mask"][name] = torch.from_numpy(present)
-            batch["library"][name] = torch.from_numpy(self.library[name][cells]).unsqueeze(-1)
-        if self.covariates is not None:
-            batch["covariates"] = torch.from_numpy(self.covariates[cells])
-        if self.registry.n_batches:
-            batch["batch_index"] = torch.from_numpy(self.batch_index[cells])
-        if self.labels is not None:
-            batch["label"] = torch.from_numpy(self.labels[cells])
-            batch["labelled"] = torch.from_numpy(self.labelled[cells])
+    def minibatch(self, cells) -> dict:
+        """The tensors of one minibatch, on :attr:`device` (see :mod:`mvae_sc.nn.module`
+        for the layout; sparse modalities as gathered CSR parts, see
+        :func:`densify_batch`)."""
+        cells = torch.as_tensor(np.asarray(cells, dtype=np.int64)).to(self.device)
+        per_cell = self._per_cell
+        batch: dict = {"x": {}, "mask": {}, "library": {}, "cells": cells}
+        for name, source in self.sources.items():
+            rows = per_cell["rows"][name][cells]
+            batch["x"][name] = source.take(rows)
+            batch["mask"][name] = rows >= 0
+            batch["library"][name] = per_cell["library"][name][cells]
+        for key in ("covariates", "batch_index", "labels", "labelled"):
+            if key in per_cell:
+                batch["label" if key == "labels" else key] = per_cell[key][cells]
         return batch
 
 
@@ -295,8 +518,10 @@ def minibatch_loader(
     shuffle: bool,
     seed: int = 0,
     drop_last: bool = False,
+    pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader of minibatch dicts over ``cells`` (indices into ``data``)."""
+    """A DataLoader of minibatch dicts over ``cells`` (indices into ``data``);
+    ``pin_memory`` for asynchronous copies to a GPU."""
     dataset = MinibatchDataset(data, cells)
     if shuffle:
         sampler = ShuffledBatches(len(dataset), batch_size, seed=seed, drop_last=drop_last)
@@ -304,7 +529,9 @@ def minibatch_loader(
         sampler = torch.utils.data.BatchSampler(
             torch.utils.data.SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last
         )
-    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None)
+    return torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=None, pin_memory=pin_memory
+    )
 
 
 def iterate_chunks(n: int, chunk_size: int) -> Iterator[np.ndarray]:
