@@ -7,7 +7,9 @@ Usage:
                                           [--out benchmarks/results/modality_weights.json]
 
 Each run: ``synthetic_sensors(1500, seed=s)``, ``modalities={"accel": "gaussian", "ppg":
-"gaussian"}``, ``MVAE(n_latent=8, n_hidden=64)``, 120 epochs, batch size 64, then
+"gaussian"}``, the default model and training (``MVAE(mdata)``: 20 latent dimensions,
+experts of 60 and 40 hidden units for the 30 accelerometer and 20 PPG features, see
+``mvae_sc.nn.module.modality_width``; early stopping) at the given KL weight, then
 ``get_modality_weights()``; the correlation is over the cells that have both sensors
 (a cell without the PPG has weight 0 by definition). Negative is what a user wants: the
 noisier the PPG, the less it counts. Also per run, 5-fold cross-validated on z: the
@@ -37,14 +39,8 @@ def _run(seed: int, kl_weight: float) -> dict[str, float]:
 
     mdata = mvae_sc.datasets.synthetic_sensors(1500, seed=seed)
     mvae_sc.MVAE.setup_mudata(mdata, modalities={"accel": "gaussian", "ppg": "gaussian"})
-    model = mvae_sc.MVAE(mdata, n_latent=8, n_hidden=64)
-    model.train(
-        max_epochs=120,
-        batch_size=64,
-        max_kl_weight=kl_weight,
-        enable_progress_bar=False,
-        logger=False,
-    )
+    model = mvae_sc.MVAE(mdata)
+    model.train(max_kl_weight=kl_weight, enable_progress_bar=False, logger=False)
     weights = model.get_modality_weights()
     both = (weights > 0).all(axis=1).to_numpy()
     noise = mdata.obs["ppg_noise"].to_numpy()[both]

@@ -20,7 +20,7 @@ from . import model_files
 from .data.loader import CellData, densify_batch, iterate_chunks
 from .data.registry import UNS_KEY, Registry, build_registry
 from .nn.fusion import poe_weights
-from .nn.module import DISAGREEMENT_MEASURES, FUSIONS, MVAEModule
+from .nn.module import DISAGREEMENT_MEASURES, FUSIONS, MVAEModule, modality_width
 from .train import (
     HistoryCallback,
     KeepBestWeights,
@@ -98,7 +98,14 @@ class MVAE:
         Dimension of the shared latent space z (20: enough for tens of cell types,
         small enough for kNN graphs).
     n_hidden
-        Width of every hidden layer (256).
+        Width of the hidden layers (256). A modality with few features gets at most
+        twice as many units as it has features, at least 32
+        (:func:`mvae_sc.nn.module.modality_width`): wider experts fit a small table's
+        noise into z and its modality weight stops tracking how noisy it is. The widths
+        used are in ``model.init_params["hidden_widths"]``.
+    hidden_widths
+        ``{modality: units}``: set the width of the named modalities' encoder and
+        decoder yourself (the others follow the rule above).
     n_layers
         Hidden layers per encoder and decoder (2).
     dropout
@@ -144,6 +151,7 @@ class MVAE:
         *,
         n_latent: int = 20,
         n_hidden: int = 256,
+        hidden_widths: Mapping[str, int] | None = None,
         n_layers: int = 2,
         dropout: float = 0.1,
         fusion: str = "poe",
@@ -171,6 +179,14 @@ class MVAE:
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
         self.registry = Registry.from_mudata(mdata)
+        hidden_widths = dict(hidden_widths or {})
+        unknown = sorted(set(hidden_widths) - set(self.registry.modalities))
+        bad = {n: w for n, w in hidden_widths.items() if not (isinstance(w, int) and w >= 1)}
+        if unknown or bad:
+            raise ValueError(
+                f"hidden_widths must map registered modalities {self.registry.modality_names} "
+                f"to positive integers; got unknown modalities {unknown} and values {bad}."
+            )
         if adversarial_batch is None:
             adversarial_batch = self.registry.n_batches >= 2
         if adversarial_batch and self.registry.n_batches < 2:
@@ -195,6 +211,10 @@ class MVAE:
             "adversarial_batch": adversarial_batch,
             "adversary_weight": adversary_weight,
             "classification_weight": classification_weight,
+            "hidden_widths": {
+                name: hidden_widths.get(name, modality_width(len(self.var_names[name]), n_hidden))
+                for name in self.registry.modalities
+            },
         }
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -982,7 +1002,10 @@ def _build_module(
     )
 
 
-_ARCHITECTURE = ("n_latent", "n_hidden", "n_layers", "dropout", "fusion", "encode_covariates")
+# ``hidden_widths`` is absent from files of format 1, whose modalities all had ``n_hidden``
+_ARCHITECTURE = (
+    "n_latent", "n_hidden", "hidden_widths", "n_layers", "dropout", "fusion", "encode_covariates",
+)  # fmt: skip
 
 
 def _feature_moments(data: CellData, name: str, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

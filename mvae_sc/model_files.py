@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-modality hidden widths in init_params (format 1 still read)
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 

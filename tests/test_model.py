@@ -210,3 +210,23 @@ def test_bf16_mixed_precision_trains_like_full_precision():
         assert np.isfinite(model.get_latent_representation()).all()
         losses[precision] = model.history["validation_elbo"].iloc[-1]
     assert losses["bf16-mixed"] == pytest.approx(losses["32-true"], rel=0.02), losses
+
+
+def test_hidden_widths_follow_the_feature_counts_unless_set():
+    """Experts get ``n_hidden`` units but at most twice their features (at least 32);
+    ``hidden_widths`` overrides per modality and is checked."""
+    mdata = mvae_sc.datasets.synthetic_sensors(200, seed=0)  # 30 accel, 20 PPG features
+    mvae_sc.MVAE.setup_mudata(mdata, modalities={"accel": "gaussian", "ppg": "gaussian"})
+
+    def widths(model):
+        return {n: e.mean.in_features for n, e in model.module.encoders.items()}
+
+    model = mvae_sc.MVAE(mdata)
+    assert widths(model) == model.init_params["hidden_widths"] == {"accel": 60, "ppg": 40}
+    assert {n: d.head.in_features for n, d in model.module.decoders.items()} == widths(model)
+    assert widths(mvae_sc.MVAE(mdata, n_hidden=50)) == {"accel": 50, "ppg": 40}
+    assert widths(mvae_sc.MVAE(mdata, n_hidden=16)) == {"accel": 16, "ppg": 16}
+    assert widths(mvae_sc.MVAE(mdata, hidden_widths={"ppg": 256})) == {"accel": 60, "ppg": 256}
+    for bad in ({"rna": 8}, {"ppg": 0}, {"ppg": 8.5}):
+        with pytest.raises(ValueError, match="hidden_widths must map registered modalities"):
+            mvae_sc.MVAE(mdata, hidden_widths=bad)

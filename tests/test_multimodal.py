@@ -85,22 +85,27 @@ def test_mixture_fusions_train_on_three_modalities(patchseq, fusion):
 
 
 def test_noisy_sensor_weight_falls_with_its_noise():
-    """With default settings (the plain ELBO, as every modality is continuous) the PPG's
-    weight falls as its noise grows. Measured (one thread): rho = -0.63 (accel +0.57);
-    over data seeds 0-4, -0.34 to -0.65. At the KL weight 0.25 that count data get by
-    default the weights track the noise only loosely (-0.43 here, -0.06 to -0.43 over
-    seeds; README, "Modality weight")."""
+    """With the package defaults (20 latent dimensions, experts sized to their 30 and 20
+    features, the plain ELBO as every modality is continuous, early stopping) the PPG's
+    weight falls as its noise grows. Measured (one thread): rho = -0.47 (accel +0.24);
+    over data seeds 0-4, -0.43 to -0.57 (README, "Modality weight"). With 256-unit
+    experts, as before per-modality widths, it was -0.24 here and +0.07 to -0.24 over
+    seeds, so this fails if the widths stop following the feature counts."""
     mdata = mvae_sc.datasets.synthetic_sensors(1500, seed=0)
-    model = _train(mdata, modalities={"accel": "gaussian", "ppg": "gaussian"}, max_epochs=120)
+    mvae_sc.MVAE.setup_mudata(mdata, modalities={"accel": "gaussian", "ppg": "gaussian"})
+    model = mvae_sc.MVAE(mdata)
+    assert model.init_params["hidden_widths"] == {"accel": 60, "ppg": 40}
+    model.train(enable_progress_bar=False)
     assert model.history["kl_weight"].max() == pytest.approx(1.0)
     weights = model.get_modality_weights()
     assert list(weights.columns) == ["mvae_weight_accel", "mvae_weight_ppg"]
     assert "mvae_weight_ppg" in mdata.obs
     rho = st.spearmanr(mdata.obs["ppg_noise"], mdata.obs["mvae_weight_ppg"]).statistic
-    assert rho < -0.5, rho
-    # the accelerometer's share rises as the PPG's falls
+    assert rho < -0.35, rho
+    # the accelerometer's share rises as the PPG's falls (less tightly: the prior takes
+    # part of the share too)
     rho_accel = st.spearmanr(mdata.obs["ppg_noise"], mdata.obs["mvae_weight_accel"]).statistic
-    assert rho_accel > 0.5, rho_accel
+    assert rho_accel > 0.1, rho_accel
     assert ((weights.sum(1) > 0) & (weights.sum(1) < 1)).all()
 
 

@@ -84,7 +84,10 @@ def test_newer_format_is_a_clear_error(saved):
     config = json.loads((path / model_files.CONFIG).read_text())
     config["format_version"] = model_files.FORMAT_VERSION + 1
     (path / model_files.CONFIG).write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"format 2.*reads format 1 at most.*Upgrade"):
+    newest = model_files.FORMAT_VERSION
+    with pytest.raises(
+        ValueError, match=rf"format {newest + 1}.*reads format {newest} at most.*Upgrade"
+    ):
         mvae_sc.MVAE.load(path, mdata)
 
 
@@ -333,3 +336,28 @@ def test_backed_training_equals_in_memory(tmp_path, dataset, modalities):
         imputed.append(model.impute("rna", batch_size=50))
     np.testing.assert_allclose(latents[1], latents[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(imputed[1], imputed[0], rtol=1e-5, atol=1e-6)
+
+
+def test_format_1_files_load_with_one_width_for_every_modality(small, tmp_path):
+    """Files written before per-modality widths (format 1) had ``n_hidden`` units in every
+    encoder and decoder; they still load, and give the latents they gave then."""
+    from mvae_sc.model import _build_module
+
+    mdata = small.copy()
+    model = _model(mdata)  # n_hidden=16; 40 genes, 80 peaks
+    uniform = {"rna": 128, "atac": 128}  # today's rule would give RNA (40 genes) 80
+    assert model.init_params["hidden_widths"] == {"rna": 16, "atac": 16}
+    # a format-1 model of 128 units everywhere, written by hand
+    old_params = {k: v for k, v in model.init_params.items() if k != "hidden_widths"}
+    old_params["n_hidden"] = 128
+    model.module = _build_module(model.registry, model.var_names, old_params)
+    model._set_data_constants(model._data)
+    model.init_params = old_params
+    expected = model.get_latent_representation()
+    model.save(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    config["format_version"] = 1
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = mvae_sc.MVAE.load(tmp_path / "old", mdata)
+    assert {n: e.mean.in_features for n, e in loaded.module.encoders.items()} == uniform
+    np.testing.assert_allclose(loaded.get_latent_representation(), expected, atol=1e-6)
