@@ -15,9 +15,9 @@ Phases are wall-clock means over ``--steps`` steps after three warm-up steps, on
 default device, with the host allocator set as ``train`` sets it
 (:func:`mvae_sc.train.reuse_freed_memory`) and, for comparison, as glibc leaves it by
 default, with the page faults per step of each, and with float32 matrix products on
-tensor cores as ``train`` runs them (:func:`mvae_sc.train.tensor_core_matmuls`; GPU only). Operator shares come from a further set
-of steps under ``torch.profiler`` (self time of each ATen operator, so nothing is
-counted twice).
+tensor cores as ``train`` runs them (:func:`mvae_sc.train.tensor_core_matmuls`; GPU
+only). Operator shares come from a further set of steps under ``torch.profiler`` (self
+time of each ATen operator, so nothing is counted twice).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main() -> None:
 
     import mvae_sc
     from mvae_sc.data.loader import densify_batch
-    from mvae_sc.train import TrainingPlan, reuse_freed_memory
+    from mvae_sc.train import TrainingPlan, reuse_freed_memory, tensor_core_matmuls
 
     mudata.set_options(pull_on_update=False)
     mdata = mvae_sc.datasets.synthetic_multiome(
@@ -125,13 +125,13 @@ def main() -> None:
         phases = {k: round(1000 * float(np.mean(v)), 1) for k, v in times.items()}
         return {**phases, "total": round(sum(phases.values()), 1)}, round(faults)
 
-    torch.set_float32_matmul_precision("high")  # as train() sets it (tensor_core_matmuls)
-    default_phases, default_faults = measure()  # first: the settings persist afterwards
-    with reuse_freed_memory():
-        phases, faults = measure()
-        with torch.profiler.profile() as prof:
-            for _ in range(max(3, args.steps // 4)):
-                step(None)
+    with tensor_core_matmuls():  # as train() runs
+        default_phases, default_faults = measure()  # first: the settings persist afterwards
+        with reuse_freed_memory():
+            phases, faults = measure()
+            with torch.profiler.profile() as prof:
+                for _ in range(max(3, args.steps // 4)):
+                    step(None)
     total = phases.pop("total")
     by_category: dict[str, float] = {}
     for event in prof.key_averages():

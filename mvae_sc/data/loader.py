@@ -148,11 +148,16 @@ class _SparseSource:
         part["n_features"] = self.n_features
         return part
 
-    def to(self, device: torch.device) -> _SparseSource:
+    @property
+    def _device_index_dtype(self) -> torch.dtype:
+        """Column indices on a device: int32 where they fit (always, for minibatches)."""
         small = self.n_features < 2**31 and len(self.indices) < 2**31
+        return torch.int32 if small else torch.int64
+
+    def to(self, device: torch.device) -> _SparseSource:
         return _SparseSource(
             self.indptr.to(device, torch.int64),
-            self.indices.to(device, torch.int32 if small else torch.int64),
+            self.indices.to(device, self._device_index_dtype),
             (self.values > 0 if self.binary else self.values.to(torch.float32)).to(device),
             self.n_features,
             binary=self.binary,
@@ -162,7 +167,8 @@ class _SparseSource:
     @property
     def nbytes(self) -> int:
         """Bytes of the matrix on a device (see :meth:`to`)."""
-        return len(self.indptr) * 8 + len(self.indices) * (4 + (1 if self.binary else 4))
+        index_bytes = self._device_index_dtype.itemsize
+        return len(self.indptr) * 8 + len(self.indices) * (index_bytes + (1 if self.binary else 4))
 
 
 class _DenseSource:
