@@ -68,6 +68,17 @@ def test_leiden_ari_nmi_selection_and_grid(blobs):
         metrics.leiden_ari_nmi(embedding, labels, resolution=0.0)
 
 
+
+@pytest.mark.slow
+def test_leiden_ari_nmi_above_scanpys_approximate_neighbour_threshold():
+    # From 8,192 cells scanpy's neighbours go through pynndescent; with pynndescent 0.7
+    # (excluded in pyproject.toml) scanpy 1.11 fails there with an AttributeError, so
+    # every clustering metric and sc.pp.neighbors on an atlas would break.
+    embedding, labels = _blobs(n_per_blob=2800)
+    assert len(labels) >= 8192
+    scores = metrics.leiden_ari_nmi(embedding, labels, resolution=0.2, seed=0)
+    assert scores["ari"] > 0.99, scores
+
 def test_silhouette_label_separated_and_shuffled(blobs):
     embedding, labels = blobs
     assert metrics.silhouette_label(embedding, labels) > 0.9
