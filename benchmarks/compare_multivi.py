@@ -94,6 +94,7 @@ ROWS: list[tuple[str, str, str | None, bool]] = [
     ("atac_auroc_rna_only", "ATAC imputation AUROC, RNA-only cells", "up", True),
     ("rna_pearson_gene_atac_only", "RNA imputation Pearson per gene, ATAC-only cells", "up", True),
     ("rna_pearson_cell_atac_only", "RNA imputation Pearson per cell, ATAC-only cells", "up", True),
+    ("within_type_factor_r2", "Within-type factors, R² from z (simulator's truth)", "up", True),
     ("epochs", "Epochs run (max)", None, False),
     ("train_seconds", "Training wall time (s)", "down", False),
     ("seconds_per_epoch", "Time per epoch (s)", "down", False),
@@ -497,6 +498,31 @@ def run_method(args: argparse.Namespace, method: str, workdir: str) -> tuple[dic
     return info, arrays
 
 
+def _true_factors(mdata) -> np.ndarray | None:
+    """The simulator's continuous within-type factors (synthetic data only)."""
+    columns = mdata.uns.get("synthetic_multiome", {}).get("true_latent_columns")
+    if columns is None or "true_latent" not in mdata.obsm:
+        return None
+    keep = [i for i, name in enumerate(columns) if str(name).startswith("factor_")]
+    return np.asarray(mdata.obsm["true_latent"])[:, keep]
+
+
+def _factor_r2(latent: np.ndarray, factors: np.ndarray, seed: int, max_cells: int = 20000):
+    """Mean over the factors of the 5-fold cross-validated R² of a ridge regression from
+    the latent: how much continuous within-type variation the embedding kept."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import cross_val_score
+
+    rows = np.arange(len(latent))
+    if len(rows) > max_cells:
+        rows = np.random.default_rng(seed).choice(rows, max_cells, replace=False)
+    scores = [
+        cross_val_score(RidgeCV(), latent[rows], factors[rows, j], cv=5, scoring="r2").mean()
+        for j in range(factors.shape[1])
+    ]
+    return float(np.mean(scores))
+
+
 def compute_metrics(mdata, arrays: dict, seed: int) -> dict:
     import mvae_sc
     from mvae_sc import metrics
@@ -532,6 +558,10 @@ def compute_metrics(mdata, arrays: dict, seed: int) -> dict:
     result["foscttm_paired"] = metrics.foscttm(
         arrays["latent_rna_paired"].astype(np.float64),
         arrays["latent_atac_paired"].astype(np.float64),
+    )
+    factors = _true_factors(mdata)
+    result["within_type_factor_r2"] = (
+        None if factors is None else _factor_r2(latent, factors, seed=seed)
     )
     atac_truth = mvae_sc.datasets.heldout(mdata, "atac").X
     rna_truth = mvae_sc.datasets.heldout(mdata, "rna").X
@@ -791,6 +821,24 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict:
             f"MultiVI capped at {args.multivi_max_epochs} epochs (--multivi-max-epochs) so "
             "that it finishes on this machine; its default budget is 500 epochs."
         )
+    truth = _true_factors(mdata)
+    if truth is not None:
+        from mvae_sc import metrics
+
+        labels = mdata.obs[LABEL].astype(str).to_numpy()
+        report["reference"] = {
+            "silhouette_label_true_latent": metrics.silhouette_label(
+                np.asarray(mdata.obsm["true_latent"], dtype=np.float64), labels, seed=args.seed
+            ),
+            "within_type_factor_r2_true_latent": 1.0,
+        }
+        report["notes"].append(
+            "Reference: the simulator's true latent (program activities and within-type "
+            "factors) has a cell-type silhouette of "
+            f"{report['reference']['silhouette_label_true_latent']:.3f}; an embedding "
+            "above it has made cell types more compact than they are, e.g. by dropping the "
+            "within-type factors (see the R² row)."
+        )
     fingerprint = _fingerprint(mdata)
     with tempfile.TemporaryDirectory(prefix="compare_multivi_") as workdir:
         for method in METHODS:
@@ -801,6 +849,10 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict:
             info["metrics"] = compute_metrics(mdata, arrays, args.seed)
             info["seconds_per_epoch"] = info["train_seconds"] / max(1, info["epochs"])
             report["methods"][method] = info
+            # what is done so far survives a run cut short (a time limit on a GPU lease)
+            partial = _stem_path(report, args.out_dir, args.smoke, ".partial.json")
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(_round(report), indent=1) + "\n")
     return report
 
 
@@ -816,10 +868,15 @@ def _round(obj):
     return obj
 
 
+def _stem_path(report: dict, out_dir: Path, smoke: bool, suffix: str) -> Path:
+    stem = f"compare_multivi_{report['dataset']}_n{report['n_cells']}" + ("_smoke" if smoke else "")
+    return Path(out_dir) / f"{stem}{suffix}"
+
+
 def write_outputs(report: dict, out_dir: Path, smoke: bool) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"compare_multivi_{report['dataset']}_n{report['n_cells']}" + ("_smoke" if smoke else "")
-    paths = [out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png")]
+    paths = [_stem_path(report, out_dir, smoke, f".{ext}") for ext in ("json", "md", "png")]
+    _stem_path(report, out_dir, smoke, ".partial.json").unlink(missing_ok=True)
     report = _round(report)
     paths[0].write_text(json.dumps(report, indent=1) + "\n")
     write_markdown(report, paths[1])

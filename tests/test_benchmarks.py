@@ -33,6 +33,8 @@ def test_compare_multivi_smoke(tmp_path):
     table = (tmp_path / f"{stem}.md").read_text()
     assert "mvae_sc" in table and "multivi" in table
     assert set(report["methods"]) >= {"mvae_sc", "multivi"}
+    # the per-method partial report is replaced by the full one
+    assert not (tmp_path / f"{stem}.partial.json").exists()
 
 
 @pytest.mark.parametrize("backed", [False, True])

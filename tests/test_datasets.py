@@ -65,6 +65,9 @@ def test_shapes_and_mosaic_fractions(small: mudata.MuData) -> None:
     for column in ("cell_type", "batch", "modality"):
         assert isinstance(small.obs[column].dtype, pd.CategoricalDtype)
     assert small.obsm["true_latent"].shape[0] == small.n_obs
+    columns = list(small.uns["synthetic_multiome"]["true_latent_columns"])
+    assert len(columns) == small.obsm["true_latent"].shape[1]
+    assert columns[0] == "program_0" and columns[-3:] == ["factor_0", "factor_1", "factor_2"]
 
 
 def test_obsmap_zero_exactly_for_absent_cells(small: mudata.MuData) -> None:

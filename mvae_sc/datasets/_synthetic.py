@@ -330,7 +330,9 @@ def synthetic_multiome(
       std(a_cell[:, 0]) + 1.0 * std(f[:, 0]) + N(0, 0.5^2)`` (``std`` = standardised over
       cells: gene program 0 and continuous factor 0), ``response = outcome > 0``. Drawn
       from a separate random stream, so the omics are those of earlier versions.
-    - ``obsm["true_latent"]``: the true program activities and continuous factors.
+    - ``obsm["true_latent"]``: the true program activities and continuous factors, named
+      in ``uns["synthetic_multiome"]["true_latent_columns"]`` (``"program_<i>"``,
+      ``"factor_<i>"``).
     - ``uns["heldout"]``: the dropped measurements (absent when every cell is paired);
       read them with :func:`heldout`.
     - ``uns["synthetic_multiome"]["params"]``: the arguments used.
@@ -526,7 +528,10 @@ def synthetic_multiome(
             "n_batches": n_batches,
             "batch_effect": batch_effect,
             "seed": seed,
-        }
+        },
+        # what each column of obsm["true_latent"] is
+        "true_latent_columns": [f"program_{i}" for i in range(n_programs)]
+        + [f"factor_{i}" for i in range(_N_CONTINUOUS)],
     }
     logger.debug(
         "simulated %d cells (%d paired, %d rna_only, %d atac_only)",
