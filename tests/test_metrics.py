@@ -68,7 +68,6 @@ def test_leiden_ari_nmi_selection_and_grid(blobs):
         metrics.leiden_ari_nmi(embedding, labels, resolution=0.0)
 
 
-
 @pytest.mark.slow
 def test_leiden_ari_nmi_above_scanpys_approximate_neighbour_threshold():
     # From 8,192 cells scanpy's neighbours go through pynndescent; with pynndescent 0.7
@@ -78,6 +77,7 @@ def test_leiden_ari_nmi_above_scanpys_approximate_neighbour_threshold():
     assert len(labels) >= 8192
     scores = metrics.leiden_ari_nmi(embedding, labels, resolution=0.2, seed=0)
     assert scores["ari"] > 0.99, scores
+
 
 def test_silhouette_label_separated_and_shuffled(blobs):
     embedding, labels = blobs
