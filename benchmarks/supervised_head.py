@@ -1,0 +1,176 @@
+"""The supervised head against a logistic regression on PCA of RNA, and how much of the
+outcome's drivers each representation holds (issue 4).
+
+Usage:
+    python benchmarks/supervised_head.py [--runs 2000:1 2000:2 5000:1] [--out benchmarks/results/supervised_head.json]
+
+Each run ``CELLS:SEED`` simulates ``synthetic_multiome(CELLS, n_genes=600, n_peaks=2000,
+n_cell_types=6, seed=SEED)`` (two batches; ``obs["response"]`` is ``outcome > 0`` with
+``outcome = 0.7 * program_0 + factor_0 + noise``), holds out 30% of the cells (the split
+of ``tests/test_batch_supervised.py``) and reports, on held-out cells with RNA:
+
+* ``accuracy``: balanced accuracy of the supervised model's head
+  (``setup_mudata(labels_key=...)``, ``n_latent=10``, ``n_hidden=128``, otherwise the
+  defaults), of a logistic regression on that model's z, and of a logistic regression on
+  30 PCs of log-normalised RNA (fitted on the labelled cells with RNA);
+* ``r2_paired``: on paired cells, the 5-fold cross-validated R^2 of a ridge regression
+  (linear) and of a small MLP from each representation to factor 0, program 0 and the
+  continuous outcome. Representations: z of an *unsupervised* model with the same
+  settings (all modalities fused; RNA's expert alone; ATAC's alone; the two experts'
+  means side by side, i.e. the best linear fusion) and the 30 RNA PCs.
+* ``expert_sd``: median posterior standard deviation per latent dimension of the RNA and
+  ATAC experts on paired cells (how sure each expert says it is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RUNS = ("2000:1", "2000:2", "5000:1")
+
+
+def _data(n_cells: int, seed: int):
+    import mvae_sc
+
+    return mvae_sc.datasets.synthetic_multiome(
+        n_cells, n_genes=600, n_peaks=2000, n_cell_types=6, seed=seed
+    )
+
+
+def _test_protocol():
+    """The held-out split and the RNA-PCA baseline of tests/test_batch_supervised.py."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_batch_supervised import _outcome_split, _rna_pcs
+
+    return _outcome_split, _rna_pcs
+
+
+def _model(mdata, **setup):
+    import mvae_sc
+
+    mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch", **setup)
+    model = mvae_sc.MVAE(mdata, n_latent=10, n_hidden=128)
+    model.train(enable_progress_bar=False, logger=False)
+    return model
+
+
+def accuracy(n_cells: int, seed: int) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    outcome_split, rna_pcs = _test_protocol()
+    mdata = _data(n_cells, seed)
+    test, labelled = outcome_split(mdata, hide=0.0)
+    truth = mdata.obs["response"].to_numpy().astype(str)
+    mdata.obs["label"] = mdata.obs["response"].astype(object).where(labelled)
+    model = _model(mdata, labels_key="label", label_type="categorical")
+    head = model.predict().to_numpy().astype(str)
+    z = model.get_latent_representation()
+    pcs, has_rna = rna_pcs(mdata)
+    on = test & has_rna
+
+    def score(predicted: np.ndarray) -> float:
+        return round(float(balanced_accuracy_score(truth[on], predicted[on])), 4)
+
+    lr_z = LogisticRegression(max_iter=2000).fit(z[labelled], truth[labelled])
+    lr_pca = LogisticRegression(max_iter=2000).fit(
+        pcs[labelled & has_rna], truth[labelled & has_rna]
+    )
+    return {
+        "head": score(head),
+        "logistic_on_z": score(lr_z.predict(z)),
+        "logistic_on_rna_pcs": score(lr_pca.predict(pcs)),
+        "epochs": len(model.history),
+        "n_test_cells_with_rna": int(on.sum()),
+    }
+
+
+def information(n_cells: int, seed: int) -> dict:
+    import torch
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neural_network import MLPRegressor
+
+    _, rna_pcs = _test_protocol()
+    mdata = _data(n_cells, seed)
+    model = _model(mdata)
+    paired = (mdata.obs["modality"] == "paired").to_numpy()
+    z_rna = model.get_latent_representation(modality="rna")[paired]
+    z_atac = model.get_latent_representation(modality="atac")[paired]
+    reps = {
+        "z (fused)": model.get_latent_representation()[paired],
+        "z, RNA expert alone": z_rna,
+        "z, ATAC expert alone": z_atac,
+        "z, both experts side by side": np.hstack([z_rna, z_atac]),
+        "RNA PCs": rna_pcs(mdata)[0][paired],
+    }
+    truth = mdata.obsm["true_latent"]
+    targets = {
+        "factor_0": truth[paired, -3],  # the 3 continuous factors follow the programs
+        "program_0": truth[paired, 0],
+        "outcome": mdata.obs["outcome"].to_numpy()[paired],
+    }
+    r2: dict[str, dict] = {}
+    for name, x in reps.items():
+        r2[name] = {}
+        for target, y in targets.items():
+            mlp = MLPRegressor(hidden_layer_sizes=(64,), alpha=1e-2, max_iter=600, random_state=0)
+            r2[name][target] = {
+                "linear": round(float(cross_val_score(RidgeCV(), x, y, cv=5).mean()), 4),
+                "mlp": round(float(cross_val_score(mlp, x, y, cv=5).mean()), 4),
+            }
+    # how sure each expert claims to be, on paired cells
+    sds = {name: [] for name in model.module.modality_names}
+    data = model._data_for(None)[1]
+    with torch.no_grad():
+        for cells, batch in model._minibatches(data, 1024):
+            _, logvar, _ = model.module.encode(batch)
+            keep = paired[cells]
+            for m, name in enumerate(model.module.modality_names):
+                sds[name].append(torch.exp(0.5 * logvar[m]).cpu().numpy()[keep])
+    expert_sd = {
+        name: np.round(np.median(np.concatenate(v), axis=0), 3).tolist() for name, v in sds.items()
+    }
+    return {"r2_paired": r2, "expert_sd": expert_sd, "epochs": len(model.history)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), help="CELLS:SEED")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "benchmarks/results/supervised_head.json"
+    )
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    import torch
+
+    results = []
+    for run in args.runs:
+        n_cells, seed = (int(v) for v in run.split(":"))
+        start = time.perf_counter()
+        row = {"n_cells": n_cells, "seed": seed, "accuracy": accuracy(n_cells, seed)}
+        row.update(information(n_cells, seed))
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        print(json.dumps(row), flush=True)  # noqa: T201
+        results.append(row)
+    report = {
+        "command": "python benchmarks/supervised_head.py --runs " + " ".join(args.runs),
+        "date": time.strftime("%Y-%m-%d"),
+        "torch_threads": torch.get_num_threads(),
+        "runs": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.out}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
