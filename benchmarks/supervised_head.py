@@ -2,7 +2,7 @@
 outcome's drivers each representation holds (issue 4).
 
 Usage:
-    python benchmarks/supervised_head.py [--runs 2000:1 2000:2 5000:1] [--out benchmarks/results/supervised_head.json]
+    python benchmarks/supervised_head.py [--runs 2000:1 2000:2 5000:1] [--max-epochs N] [--out F]
 
 Each run ``CELLS:SEED`` simulates ``synthetic_multiome(CELLS, n_genes=600, n_peaks=2000,
 n_cell_types=6, seed=SEED)`` (two batches; ``obs["response"]`` is ``outcome > 0`` with
@@ -53,12 +53,15 @@ def _test_protocol():
     return _outcome_split, _rna_pcs
 
 
+MAX_EPOCHS: int | None = None  # None: train()'s own budget and early stopping
+
+
 def _model(mdata, **setup):
     import mvae_sc
 
     mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch", **setup)
     model = mvae_sc.MVAE(mdata, n_latent=10, n_hidden=128)
-    model.train(enable_progress_bar=False, logger=False)
+    model.train(max_epochs=MAX_EPOCHS, enable_progress_bar=False, logger=False)
     return model
 
 
@@ -148,7 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks/results/supervised_head.json"
     )
+    parser.add_argument("--max-epochs", type=int, default=None, help="cap (smoke runs)")
     args = parser.parse_args(argv)
+    global MAX_EPOCHS
+    MAX_EPOCHS = args.max_epochs
     warnings.filterwarnings("ignore")
     import torch
 

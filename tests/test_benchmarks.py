@@ -64,3 +64,23 @@ def test_profile_step_runs(tmp_path):
     assert phases["total"] == pytest.approx(sum(v for k, v in phases.items() if k != "total"))
     assert sum(report["operator_share_of_profiled_time"].values()) == pytest.approx(1, abs=0.01)
     assert report["ms_per_step_default_allocator"]["total"] > 0
+
+
+def test_supervised_head_benchmark_runs(tmp_path):
+    out = tmp_path / "head.json"
+    command = [sys.executable, str(SCRIPT.with_name("supervised_head.py")), "--runs", "400:1"]
+    command += ["--max-epochs", "5", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = json.loads(out.read_text())["runs"]
+    assert set(run["accuracy"]) >= {"head", "logistic_on_z", "logistic_on_rna_pcs"}
+    assert all(0 <= run["accuracy"][k] <= 1 for k in ("head", "logistic_on_rna_pcs"))
+    assert set(run["r2_paired"]) == {
+        "z (fused)",
+        "z, RNA expert alone",
+        "z, ATAC expert alone",
+        "z, both experts side by side",
+        "RNA PCs",
+    }
+    assert set(run["expert_sd"]) == {"rna", "atac"} and len(run["expert_sd"]["rna"]) == 10
