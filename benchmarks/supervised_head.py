@@ -53,19 +53,18 @@ def _test_protocol():
     return _outcome_split, _rna_pcs
 
 
-MAX_EPOCHS: int | None = None  # None: train()'s own budget and early stopping
-
-
-def _model(mdata, **setup):
+def _model(mdata, max_epochs: int | None, **setup):
+    """``max_epochs=None``: train()'s own budget and early stopping."""
     import mvae_sc
 
     mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch", **setup)
     model = mvae_sc.MVAE(mdata, n_latent=10, n_hidden=128)
-    model.train(max_epochs=MAX_EPOCHS, enable_progress_bar=False, logger=False)
+    model.train(max_epochs=max_epochs, enable_progress_bar=False, logger=False)
     return model
 
 
-def accuracy(n_cells: int, seed: int) -> dict:
+def accuracy(n_cells: int, seed: int, max_epochs: int | None) -> dict:
+    """The supervised model against the baselines, on the test's split."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
 
@@ -74,7 +73,7 @@ def accuracy(n_cells: int, seed: int) -> dict:
     test, labelled = outcome_split(mdata, hide=0.0)
     truth = mdata.obs["response"].to_numpy().astype(str)
     mdata.obs["label"] = mdata.obs["response"].astype(object).where(labelled)
-    model = _model(mdata, labels_key="label", label_type="categorical")
+    model = _model(mdata, max_epochs, labels_key="label", label_type="categorical")
     head = model.predict().to_numpy().astype(str)
     z = model.get_latent_representation()
     pcs, has_rna = rna_pcs(mdata)
@@ -96,7 +95,9 @@ def accuracy(n_cells: int, seed: int) -> dict:
     }
 
 
-def information(n_cells: int, seed: int) -> dict:
+def information(n_cells: int, seed: int, max_epochs: int | None) -> dict:
+    """An unsupervised model: what each representation holds of the outcome's drivers,
+    and how sure each expert claims to be, on paired cells."""
     import torch
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import cross_val_score
@@ -104,7 +105,8 @@ def information(n_cells: int, seed: int) -> dict:
 
     _, rna_pcs = _test_protocol()
     mdata = _data(n_cells, seed)
-    model = _model(mdata)
+    pcs = rna_pcs(mdata)[0]
+    model = _model(mdata, max_epochs)
     paired = (mdata.obs["modality"] == "paired").to_numpy()
     z_rna = model.get_latent_representation(modality="rna")[paired]
     z_atac = model.get_latent_representation(modality="atac")[paired]
@@ -113,12 +115,13 @@ def information(n_cells: int, seed: int) -> dict:
         "z, RNA expert alone": z_rna,
         "z, ATAC expert alone": z_atac,
         "z, both experts side by side": np.hstack([z_rna, z_atac]),
-        "RNA PCs": rna_pcs(mdata)[0][paired],
+        "RNA PCs": pcs[paired],
     }
-    truth = mdata.obsm["true_latent"]
+    columns = list(mdata.uns["synthetic_multiome"]["true_latent_columns"])
+    truth = np.asarray(mdata.obsm["true_latent"])[paired]
     targets = {
-        "factor_0": truth[paired, -3],  # the 3 continuous factors follow the programs
-        "program_0": truth[paired, 0],
+        "factor_0": truth[:, columns.index("factor_0")],
+        "program_0": truth[:, columns.index("program_0")],
         "outcome": mdata.obs["outcome"].to_numpy()[paired],
     }
     r2: dict[str, dict] = {}
@@ -130,7 +133,6 @@ def information(n_cells: int, seed: int) -> dict:
                 "linear": round(float(cross_val_score(RidgeCV(), x, y, cv=5).mean()), 4),
                 "mlp": round(float(cross_val_score(mlp, x, y, cv=5).mean()), 4),
             }
-    # how sure each expert claims to be, on paired cells
     sds = {name: [] for name in model.module.modality_names}
     data = model._data_for(None)[1]
     with torch.no_grad():
@@ -153,8 +155,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--max-epochs", type=int, default=None, help="cap (smoke runs)")
     args = parser.parse_args(argv)
-    global MAX_EPOCHS
-    MAX_EPOCHS = args.max_epochs
     warnings.filterwarnings("ignore")
     import torch
 
@@ -162,8 +162,12 @@ def main(argv: list[str] | None = None) -> None:
     for run in args.runs:
         n_cells, seed = (int(v) for v in run.split(":"))
         start = time.perf_counter()
-        row = {"n_cells": n_cells, "seed": seed, "accuracy": accuracy(n_cells, seed)}
-        row.update(information(n_cells, seed))
+        row = {
+            "n_cells": n_cells,
+            "seed": seed,
+            "accuracy": accuracy(n_cells, seed, args.max_epochs),
+        }
+        row.update(information(n_cells, seed, args.max_epochs))
         row["seconds"] = round(time.perf_counter() - start, 1)
         print(json.dumps(row), flush=True)  # noqa: T201
         results.append(row)
