@@ -827,8 +827,7 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict:
             f"MultiVI capped at {args.multivi_max_epochs} epochs (--multivi-max-epochs) so "
             "that it finishes on this machine; its default budget is 500 epochs."
         )
-    truth = _true_factors(mdata)
-    if truth is not None:
+    if _true_factors(mdata) is not None:  # synthetic data: the truth is known
         from mvae_sc import metrics
 
         labels = mdata.obs[LABEL].astype(str).to_numpy()
