@@ -6,7 +6,8 @@ AnnData slots or MuData: pass ``model.get_latent_representation()`` or
 ``mdata.obsm["X_mvae"]`` and a label column as arrays.
 
 Bio-conservation (higher is better)
-    :func:`leiden_ari_nmi`, :func:`silhouette_label`, :func:`knn_label_agreement`.
+    :func:`leiden_ari_nmi`, :func:`silhouette_label`, :func:`knn_label_agreement`,
+    :func:`linear_r2` (continuous variables such as a known trajectory or score).
 Batch removal (higher is better, except :func:`batch_predictability`)
     :func:`batch_entropy`, :func:`ilisi`, :func:`batch_predictability`.
 Modality alignment (lower is better)
@@ -32,14 +33,14 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 from scipy import sparse, stats
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import (
     adjusted_rand_score,
     normalized_mutual_info_score,
     roc_auc_score,
     silhouette_score,
 )
-from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -56,6 +57,7 @@ __all__ = [
     "integration_report",
     "knn_label_agreement",
     "leiden_ari_nmi",
+    "linear_r2",
     "silhouette_label",
 ]
 
@@ -387,6 +389,79 @@ def knn_label_agreement(
     classifier.fit(reference, reference_codes)
     predicted = classifier.predict(query)
     return float(np.mean(predicted == query_codes))
+
+
+def linear_r2(
+    embedding: np.ndarray,
+    targets: np.ndarray,
+    *,
+    n_folds: int = 5,
+    max_cells: int = 20_000,
+    seed: int = 0,
+) -> np.ndarray:
+    """How much of known continuous variables an embedding holds, read out linearly.
+
+    For each target (a pseudotime, a cell-cycle score, a simulator's true factor), the
+    ``n_folds``-fold cross-validated R² of a ridge regression
+    (:class:`sklearn.linear_model.RidgeCV`, its penalty chosen inside each training fold)
+    from ``embedding``. The folds are shuffled, so cells stored in blocks (by sample or
+    batch) do not become folds of their own. 1: the target is a linear function of the
+    embedding; 0: no better than its mean; below 0: worse.
+
+    Parameters
+    ----------
+    embedding
+        Cells x dimensions latent representation.
+    targets
+        One value per cell (1-D) or one column per target (cells x targets).
+    n_folds
+        Cross-validation folds (at least 2).
+    max_cells
+        Above this many cells, the score is computed on a random subsample of this size.
+    seed
+        Random state of the subsample and of the folds.
+
+    Returns
+    -------
+    numpy.ndarray
+        R² per target, shape ``(n_targets,)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> embedding = rng.normal(size=(200, 3))
+    >>> targets = np.column_stack([embedding @ [1.0, 2.0, 0.0], rng.normal(size=200)])
+    >>> r2 = linear_r2(embedding, targets)
+    >>> bool(r2[0] > 0.99 and abs(r2[1]) < 0.1)
+    True
+    """
+    embedding = _check_embedding(embedding)
+    values = np.asarray(targets, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2 or values.shape[0] != embedding.shape[0] or values.shape[1] == 0:
+        raise ValueError(
+            f"targets must have one row per row of embedding ({embedding.shape[0]}) and at "
+            f"least one column, got shape {np.shape(targets)}"
+        )
+    if not np.isfinite(values).all():
+        raise ValueError("targets contain NaN or infinite values; drop those cells first")
+    if not isinstance(n_folds, int) or not 2 <= n_folds <= embedding.shape[0]:
+        raise ValueError(
+            f"n_folds must be an integer between 2 and the number of cells, got {n_folds!r}"
+        )
+    rng = np.random.default_rng(seed)
+    rows = np.arange(embedding.shape[0])
+    if len(rows) > max_cells:
+        rows = np.sort(rng.choice(rows, max_cells, replace=False))
+    folds = KFold(n_folds, shuffle=True, random_state=seed)
+    return np.array(
+        [
+            cross_val_score(RidgeCV(), embedding[rows], column[rows], cv=folds, scoring="r2").mean()
+            for column in values.T
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------------------

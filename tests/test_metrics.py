@@ -130,6 +130,35 @@ def test_knn_label_agreement_unknown_labels_and_mixed_types():
         metrics.knn_label_agreement(query, [1, 2], np.zeros((4, 2)), [1, 1, 2, 2])
 
 
+def test_linear_r2_known_values_and_cell_order():
+    rng = np.random.default_rng(21)
+    n_cells = 2000
+    embedding = rng.normal(size=(n_cells, 4))
+    signal = embedding @ np.array([1.0, -0.5, 0.0, 0.0])  # variance 1.25
+    noise = rng.normal(0.0, np.sqrt(1.25), n_cells)  # as much noise as signal
+    targets = np.column_stack([signal, signal + noise, rng.normal(size=n_cells)])
+    r2 = metrics.linear_r2(embedding, targets)
+    assert r2.shape == (3,)
+    assert r2[0] > 0.999  # a linear function of the embedding
+    # the share of the noisy target's variance that is signal, on these cells (about 0.5)
+    explained = 1.0 - noise.var() / targets[:, 1].var()
+    assert abs(r2[1] - explained) < 0.03, (r2, explained)
+    assert abs(r2[2]) < 0.02, r2  # unrelated
+    # cells stored sorted by the target (as they are when stored by sample) must not turn
+    # the folds into ranges of the target: the score does not depend on the cell order
+    order = np.argsort(targets[:, 1])
+    sorted_r2 = metrics.linear_r2(embedding[order], targets[order, 1])
+    assert abs(sorted_r2[0] - r2[1]) < 0.05, (sorted_r2, r2)
+    # a 1-D target and a subsample
+    assert metrics.linear_r2(embedding, signal, max_cells=200)[0] > 0.999
+    with pytest.raises(ValueError, match="one row per row of embedding"):
+        metrics.linear_r2(embedding, signal[:-1])
+    with pytest.raises(ValueError, match="targets contain NaN"):
+        metrics.linear_r2(embedding, np.where(np.arange(n_cells) == 3, np.nan, signal))
+    with pytest.raises(ValueError, match="n_folds must be"):
+        metrics.linear_r2(embedding, signal, n_folds=1)
+
+
 # ----------------------------------------------------------------------------------------
 # batch removal
 # ----------------------------------------------------------------------------------------
