@@ -39,8 +39,9 @@ come from its own ``get_normalized_accessibility`` (with region factors, as mvae
 (``transform_batch``); the observed-category variants are kept in the JSON.
 
 On synthetic data the simulator's truth gives two more figures: the within-type
-factors' R² from each latent (the mean over the continuous factors of a 5-fold
-cross-validated ridge regression: how much real within-type variation the latent kept),
+factors' R² from each latent (the mean over the continuous factors of
+``metrics.linear_r2``, a 5-fold cross-validated ridge regression: how much real
+within-type variation the latent kept),
 and, as a note, the cell-type silhouette of the true latent itself, the reference for
 the silhouette row (more compact than the truth means variation was dropped).
 
@@ -513,22 +514,6 @@ def _true_factors(mdata) -> np.ndarray | None:
     return np.asarray(mdata.obsm["true_latent"])[:, keep]
 
 
-def _factor_r2(latent: np.ndarray, factors: np.ndarray, seed: int, max_cells: int = 20000):
-    """Mean over the factors of the 5-fold cross-validated R² of a ridge regression from
-    the latent: how much continuous within-type variation the embedding kept."""
-    from sklearn.linear_model import RidgeCV
-    from sklearn.model_selection import cross_val_score
-
-    rows = np.arange(len(latent))
-    if len(rows) > max_cells:
-        rows = np.random.default_rng(seed).choice(rows, max_cells, replace=False)
-    scores = [
-        cross_val_score(RidgeCV(), latent[rows], factors[rows, j], cv=5, scoring="r2").mean()
-        for j in range(factors.shape[1])
-    ]
-    return float(np.mean(scores))
-
-
 def compute_metrics(mdata, arrays: dict, seed: int) -> dict:
     import mvae_sc
     from mvae_sc import metrics
@@ -567,7 +552,7 @@ def compute_metrics(mdata, arrays: dict, seed: int) -> dict:
     )
     factors = _true_factors(mdata)
     result["within_type_factor_r2"] = (
-        None if factors is None else _factor_r2(latent, factors, seed=seed)
+        None if factors is None else float(metrics.linear_r2(latent, factors, seed=seed).mean())
     )
     atac_truth = mvae_sc.datasets.heldout(mdata, "atac").X
     rna_truth = mvae_sc.datasets.heldout(mdata, "rna").X
