@@ -102,9 +102,10 @@ def test_supervised_head_predicts_held_out_response(outcome_data, hide):
     on_rna = test & has_rna
     ours = balanced_accuracy_score(truth[on_rna], predicted[on_rna])
     theirs = balanced_accuracy_score(truth[on_rna], baseline.predict(pcs[on_rna]))
-    # The issue asks to beat PCA of RNA; measured with the current defaults: 0.822 vs
-    # 0.829 (all labels) and 0.823 vs 0.837 (70% hidden), so this asserts "close to it"
-    # (see the issue note).
+    # The issue asks to beat PCA of RNA. Measured with the defaults (one thread): 0.839 vs
+    # 0.830 (all labels) and 0.818 vs 0.811 (70% hidden); over 12 sets the head is ahead
+    # by 0.003 on average, within a 470-cell test set's noise (benchmarks/
+    # classification_weight.py), so this asserts "at least close to it".
     assert ours > theirs - 0.04, (ours, theirs)
     # cells without RNA, which an RNA classifier cannot score at all, still get a
     # prediction well above chance from ATAC alone

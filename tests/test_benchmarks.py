@@ -84,3 +84,22 @@ def test_supervised_head_benchmark_runs(tmp_path):
         "RNA PCs",
     }
     assert set(run["expert_sd"]) == {"rna", "atac"} and len(run["expert_sd"]["rna"]) == 10
+
+
+def test_classification_weight_benchmark_runs(tmp_path):
+    out = tmp_path / "weights.json"
+    command = [sys.executable, str(SCRIPT.with_name("classification_weight.py"))]
+    command += ["--runs", "400:1", "--weights", "10", "50", "--max-epochs", "2", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    # one row per weight and fraction of hidden labels, each scored against the baseline
+    assert [(r["weight"], r["hide"]) for r in report["rows"]] == [
+        (10.0, 0.0),
+        (10.0, 0.7),
+        (50.0, 0.0),
+        (50.0, 0.7),
+    ]
+    assert all(0 <= r["head"] <= 1 and 0 <= r["rna_pca"] <= 1 for r in report["rows"])
+    assert report["summary"]["10.0"]["runs"] == 2
