@@ -17,9 +17,10 @@ cells with RNA:
   30 PCs of log-normalised RNA (fitted on the labelled cells with RNA);
 * ``r2_paired``: on paired cells, the 5-fold cross-validated R^2 of a ridge regression
   (linear, ``metrics.linear_r2``) and of a small MLP (the same shuffled folds) from each
-  representation to factor 0, program 0 and the continuous outcome. Representations: z of an *unsupervised* model with the same
-  settings (all modalities fused; RNA's expert alone; ATAC's alone; the two experts'
-  means side by side, i.e. the best linear fusion) and the 30 RNA PCs.
+  representation to factor 0, program 0 and the continuous outcome. Representations: z
+  of an *unsupervised* model with the same settings (all modalities fused; RNA's expert
+  alone; ATAC's alone; the two experts' means side by side, i.e. the best linear fusion)
+  and the 30 RNA PCs.
 * ``expert_sd``: median posterior standard deviation per latent dimension of the RNA and
   ATAC experts on paired cells (how sure each expert says it is).
 """
