@@ -105,8 +105,9 @@ def test_supervised_head_predicts_held_out_response(outcome_data, hide):
     # The issue asks to beat PCA of RNA. Measured with the defaults (one thread): 0.839 vs
     # 0.830 (all labels) and 0.818 vs 0.811 (70% hidden); over 12 sets the head is ahead
     # by 0.003 on average, within a 470-cell test set's noise (benchmarks/
-    # classification_weight.py), so this asserts "at least close to it".
-    assert ours > theirs - 0.04, (ours, theirs)
+    # classification_weight.py), so this asserts "at least close to it"; the old
+    # classification_weight of 50 was 0.017 and 0.019 behind here, and fails it.
+    assert ours > theirs - 0.015, (ours, theirs)
     # cells without RNA, which an RNA classifier cannot score at all, still get a
     # prediction well above chance from ATAC alone
     atac_only = test & ~has_rna
