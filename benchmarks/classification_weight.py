@@ -27,39 +27,18 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from supervised_head import _data, _test_protocol  # noqa: E402
+from supervised_head import accuracy  # noqa: E402
 
 DEFAULT_RUNS = ("2000:1", "2000:2", "2000:3", "5000:1", "5000:2", "5000:3")
 
 
 def run(n_cells: int, seed: int, weight: float, hide: float, max_epochs: int = 80) -> dict:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
-
-    import mvae_sc
-
-    outcome_split, rna_pcs = _test_protocol()
-    # a copy, as in the test's fixture: MuData.copy() puts the cells in another order, and
-    # the split follows the order
-    mdata = _data(n_cells, seed).copy()
-    test, labelled = outcome_split(mdata, hide=hide)
-    truth = mdata.obs["response"].to_numpy().astype(str)
-    mdata.obs["label"] = mdata.obs["response"].astype(object).where(labelled)
-    mvae_sc.MVAE.setup_mudata(
-        mdata, batch_key="batch", labels_key="label", label_type="categorical"
-    )
-    model = mvae_sc.MVAE(mdata, n_latent=10, n_hidden=128, classification_weight=weight)
-    model.train(max_epochs=max_epochs, enable_progress_bar=False, logger=False)
-    head = model.predict().to_numpy().astype(str)
-    pcs, has_rna = rna_pcs(mdata)
-    on = test & has_rna
-    baseline = LogisticRegression(max_iter=2000).fit(
-        pcs[labelled & has_rna], truth[labelled & has_rna]
-    )
+    # on a copy, as in the test's fixture
+    scores = accuracy(n_cells, seed, max_epochs, hide=hide, copy=True, classification_weight=weight)
     return {
-        "head": round(float(balanced_accuracy_score(truth[on], head[on])), 4),
-        "rna_pca": round(float(balanced_accuracy_score(truth[on], baseline.predict(pcs[on]))), 4),
-        "epochs": len(model.history),
+        "head": scores["head"],
+        "rna_pca": scores["logistic_on_rna_pcs"],
+        "epochs": scores["epochs"],
     }
 
 

@@ -56,27 +56,41 @@ def _test_protocol():
     return _outcome_split, _rna_pcs
 
 
-def _model(mdata, max_epochs: int | None, **setup):
+def _model(mdata, max_epochs: int | None, model_kwargs: dict | None = None, **setup):
     """``max_epochs=None``: train()'s own budget and early stopping."""
     import mvae_sc
 
     mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch", **setup)
-    model = mvae_sc.MVAE(mdata, n_latent=10, n_hidden=128)
+    model = mvae_sc.MVAE(mdata, n_latent=10, n_hidden=128, **(model_kwargs or {}))
     model.train(max_epochs=max_epochs, enable_progress_bar=False, logger=False)
     return model
 
 
-def accuracy(n_cells: int, seed: int, max_epochs: int | None) -> dict:
-    """The supervised model against the baselines, on a split drawn as the test's is."""
+def accuracy(
+    n_cells: int,
+    seed: int,
+    max_epochs: int | None,
+    *,
+    hide: float = 0.0,
+    copy: bool = False,
+    **model_kwargs,
+) -> dict:
+    """The supervised model against the baselines, on a split drawn as the test's is.
+
+    ``hide``: fraction of the training labels hidden. ``copy``: draw the split on a copy
+    of the data, as the test's fixture does (MuData.copy() puts the cells in another
+    order, and the split follows the order). ``model_kwargs`` go to ``MVAE``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
 
     outcome_split, rna_pcs = _test_protocol()
     mdata = _data(n_cells, seed)
-    test, labelled = outcome_split(mdata, hide=0.0)
+    if copy:
+        mdata = mdata.copy()
+    test, labelled = outcome_split(mdata, hide=hide)
     truth = mdata.obs["response"].to_numpy().astype(str)
     mdata.obs["label"] = mdata.obs["response"].astype(object).where(labelled)
-    model = _model(mdata, max_epochs, labels_key="label", label_type="categorical")
+    model = _model(mdata, max_epochs, model_kwargs, labels_key="label", label_type="categorical")
     head = model.predict().to_numpy().astype(str)
     z = model.get_latent_representation()
     pcs, has_rna = rna_pcs(mdata)
