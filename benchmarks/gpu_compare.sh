@@ -4,10 +4,9 @@
 # repository root, with mvae_sc and scvi-tools (the [bench] extra) importable:
 #   bash benchmarks/gpu_compare.sh [OUT_DIR]    (default: benchmarks/results/gpu)
 #
-# Budget: on an H100 (2026-11-26) MultiVI ran 1.39 s per epoch at 5k cells (30 epochs
-# in 41.6 s; its default budget here is 229 epochs, about 5.5 min), and mvae_sc's child
-# did not finish within 115 s (CUDA start, data, about 75 epochs, inference). Allow about
-# 9 minutes for the whole script.
+# Budget: on an H200 (2026-11-26, code of 912bc26) the whole script took 564 s: mvae_sc
+# trained 65 epochs in 82 s, MultiVI early-stopped after 262 of its 500 epochs in 364 s,
+# and the rest is CUDA start, simulation, inference and metrics. Give it 10 minutes.
 set -uo pipefail
 out=${1:-benchmarks/results/gpu}
 mkdir -p "$out"
