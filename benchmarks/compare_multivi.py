@@ -242,18 +242,23 @@ def _epoch_budget(args: argparse.Namespace, method: str) -> int | None:
     return budget
 
 
+def _model_seed(args: argparse.Namespace) -> int:
+    """The seed of the models' initialisation and training (the data use ``--seed``)."""
+    return args.seed if args.model_seed is None else args.model_seed
+
+
 def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
     import mvae_sc
 
     mvae_sc.MVAE.setup_mudata(mdata, batch_key=BATCH if mdata.obs[BATCH].nunique() > 1 else None)
-    model = mvae_sc.MVAE(mdata, n_latent=N_LATENT, n_hidden=N_HIDDEN, seed=args.seed)
+    model = mvae_sc.MVAE(mdata, n_latent=N_LATENT, n_hidden=N_HIDDEN, seed=_model_seed(args))
     max_epochs = _epoch_budget(args, "mvae_sc")
     rss_data = _peak_rss_mb()
     start = time.perf_counter()
     model.train(
         max_epochs=max_epochs,
         early_stopping=not args.no_early_stopping,
-        seed=args.seed,
+        seed=_model_seed(args),
         enable_progress_bar=False,
     )
     train_seconds = time.perf_counter() - start
@@ -343,7 +348,7 @@ def train_multivi(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
     import mvae_sc
 
     scvi.settings.verbosity = logging.WARNING
-    scvi.settings.seed = args.seed
+    scvi.settings.seed = _model_seed(args)
     padded = _padded_mudata(mdata)
     # A measured cell with an all-zero row would count as missing for MultiVI.
     zero_rows = {
@@ -478,6 +483,7 @@ def _child_command(args: argparse.Namespace, method: str, out: str) -> list[str]
     ]
     for flag, value in (
         ("--batch-key", args.batch_key),
+        ("--model-seed", args.model_seed),
         ("--max-epochs", args.max_epochs),
         ("--multivi-max-epochs", args.multivi_max_epochs),
         ("--rna-layer", args.rna_layer),
@@ -794,6 +800,7 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict:
         "dataset": name,
         "n_cells": int(mdata.n_obs),
         "seed": args.seed,
+        "model_seed": _model_seed(args),
         "command": " ".join(["python", "benchmarks/compare_multivi.py", *argv]),
         "data": {"source": args.dataset, "description": description, "modalities": counts},
         "machine": machine_info(),
@@ -830,7 +837,7 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict:
         )
     fingerprint = _fingerprint(mdata)
     with tempfile.TemporaryDirectory(prefix="compare_multivi_") as workdir:
-        for method in METHODS:
+        for method in args.methods:
             info, arrays = run_method(args, method, workdir)
             if info["fingerprint"] != fingerprint:
                 raise RuntimeError(f"{method}'s child saw different data ({info['fingerprint']})")
@@ -889,7 +896,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=5000,
         help="cells to simulate, or to subsample real data to (0: all)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data (and models)")
+    parser.add_argument(
+        "--model-seed",
+        type=int,
+        default=None,
+        help="seed of both models' initialisation and training, to measure run-to-run "
+        "noise on the same data (default: --seed)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        help="methods to run (default: both)",
+    )
     parser.add_argument(
         "--label-key", default="cell_type", help="obs column of cell types (real data)"
     )
@@ -951,10 +972,11 @@ def main(argv: list[str] | None = None) -> None:
         write_markdown(report, args.render.with_suffix(".md"))
         write_figure(report, args.render.with_suffix(".png"))
         return
-    try:
-        import scvi  # noqa: F401
-    except ImportError:
-        sys.exit("compare_multivi needs scvi-tools: pip install -e '.[bench]'")
+    if "multivi" in args.methods:
+        try:
+            import scvi  # noqa: F401
+        except ImportError:
+            sys.exit("MultiVI needs scvi-tools: pip install -e '.[bench]' (or --methods mvae_sc)")
     if args.smoke and args.dataset != "synthetic":
         sys.exit("--smoke runs on the synthetic data only")
     if args.dataset == "shared":

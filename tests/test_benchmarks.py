@@ -37,6 +37,27 @@ def test_compare_multivi_smoke(tmp_path):
     assert not (tmp_path / f"{stem}.partial.json").exists()
 
 
+def test_compare_multivi_one_method_and_model_seed(tmp_path):
+    """--methods runs only those methods (mvae_sc needs no scvi-tools); --model-seed
+    changes the model's seed and not the data."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    reports = []
+    for model_seed in (3, 4):
+        out = tmp_path / str(model_seed)
+        command = [sys.executable, str(SCRIPT), "--smoke", "--methods", "mvae_sc"]
+        command += ["--model-seed", str(model_seed), "--out-dir", str(out)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        reports.append(json.loads((out / "compare_multivi_synthetic_n600_smoke.json").read_text()))
+        table = (out / "compare_multivi_synthetic_n600_smoke.md").read_text()
+        assert "| metric | better | mvae_sc |\n" in table  # one method's column
+    assert [r["model_seed"] for r in reports] == [3, 4]
+    assert [set(r["methods"]) for r in reports] == [{"mvae_sc"}, {"mvae_sc"}]
+    runs = [r["methods"]["mvae_sc"] for r in reports]
+    assert runs[0]["fingerprint"] == runs[1]["fingerprint"]  # the same data
+    assert runs[0]["metrics"]["foscttm_paired"] != runs[1]["metrics"]["foscttm_paired"]
+
+
 @pytest.mark.parametrize("backed", [False, True])
 def test_scale_benchmark_runs(tmp_path, backed):
     out = tmp_path / "scale.json"
