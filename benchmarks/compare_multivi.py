@@ -42,8 +42,10 @@ On synthetic data the simulator's truth gives two more figures: the within-type
 factors' R² from each latent (the mean over the continuous factors of
 ``metrics.linear_r2``, a 5-fold cross-validated ridge regression: how much real
 within-type variation the latent kept),
-and, as a note, the cell-type silhouette of the true latent itself, the reference for
-the silhouette row (more compact than the truth means variation was dropped).
+and, as notes, the true latent's own cell-type silhouette, batch entropy, iLISI and batch
+predictability: the references for those rows. The true latent has no batch effect, so
+its batch mixing is what a perfect correction gives when cell types are not spread
+evenly over the batches; more compact than the truth means variation was dropped.
 
 Each method is trained in its own child process (this script with ``--method``), so its
 peak RSS is its own. The child writes the latent spaces and imputations; this process
@@ -823,18 +825,34 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict:
         from mvae_sc import metrics
 
         labels = mdata.obs[LABEL].astype(str).to_numpy()
-        report["reference"] = {
+        true_latent = np.asarray(mdata.obsm["true_latent"], dtype=np.float64)
+        reference = {
             "silhouette_label_true_latent": metrics.silhouette_label(
-                np.asarray(mdata.obsm["true_latent"], dtype=np.float64), labels, seed=args.seed
+                true_latent, labels, seed=args.seed
             ),
         }
         report["notes"].append(
             "Reference: the simulator's true latent (program activities and within-type "
             "factors) has a cell-type silhouette of "
-            f"{report['reference']['silhouette_label_true_latent']:.3f}; an embedding "
+            f"{reference['silhouette_label_true_latent']:.3f}; an embedding "
             "above it has made cell types more compact than they are, e.g. by dropping the "
             "within-type factors (see the R² row)."
         )
+        batches = mdata.obs[BATCH].to_numpy()
+        if len(pd.unique(batches)) > 1:
+            reference["batch_entropy_true_latent"] = metrics.batch_entropy(true_latent, batches)
+            reference["ilisi_true_latent"] = metrics.ilisi(true_latent, batches)
+            reference["batch_predictability_true_latent"] = metrics.batch_predictability(
+                true_latent, batches, seed=args.seed
+            )
+            report["notes"].append(
+                "Reference: the true latent has no batch effect; its batch entropy is "
+                f"{reference['batch_entropy_true_latent']:.3f}, its iLISI "
+                f"{reference['ilisi_true_latent']:.3f} and its batch predictability "
+                f"{reference['batch_predictability_true_latent']:.3f}, what a perfect "
+                "correction gives with these batches' cell-type composition."
+            )
+        report["reference"] = reference
     fingerprint = _fingerprint(mdata)
     with tempfile.TemporaryDirectory(prefix="compare_multivi_") as workdir:
         for method in args.methods:

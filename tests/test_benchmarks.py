@@ -56,6 +56,13 @@ def test_compare_multivi_one_method_and_model_seed(tmp_path):
     runs = [r["methods"]["mvae_sc"] for r in reports]
     assert runs[0]["fingerprint"] == runs[1]["fingerprint"]  # the same data
     assert runs[0]["metrics"]["foscttm_paired"] != runs[1]["metrics"]["foscttm_paired"]
+    # the true latent's scores, the references for the silhouette and batch-mixing rows
+    reference = reports[0]["reference"]
+    assert reference == reports[1]["reference"]
+    assert 0 < reference["batch_entropy_true_latent"] <= 1
+    assert 0 < reference["ilisi_true_latent"] <= 1
+    assert 0.5 <= reference["batch_predictability_true_latent"] < 0.7  # no batch effect
+    assert any("no batch effect" in note for note in reports[0]["notes"])
 
 
 @pytest.mark.parametrize("backed", [False, True])
