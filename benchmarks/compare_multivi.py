@@ -244,6 +244,21 @@ def _epoch_budget(args: argparse.Namespace, method: str) -> int | None:
     return budget
 
 
+def _validation_curve(values) -> dict:
+    """The monitored validation loss per epoch and its best epoch (1-based), or {}.
+
+    A run that ended at its budget with the best epoch near the end had not converged;
+    with patience P its own early stopping could not have ended it before best + P.
+    """
+    if values is None:
+        return {}
+    curve = np.asarray(values, dtype=np.float64).ravel()
+    curve = curve[np.isfinite(curve)]
+    if curve.size == 0:
+        return {}
+    return {"validation_curve": curve.tolist(), "best_epoch": int(np.argmin(curve)) + 1}
+
+
 def _model_seed(args: argparse.Namespace) -> int:
     """The seed of the models' initialisation and training (the data use ``--seed``)."""
     return args.seed if args.model_seed is None else args.model_seed
@@ -301,6 +316,7 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
         n_train = math.ceil(0.9 * mdata.n_obs)
         info["max_epochs"] = int(np.clip(round(8000 / max(1, n_train // 128)), 20, 400))
     info["stopped_early"] = bool(epochs < info["max_epochs"])
+    info.update(_validation_curve(model.history["validation_loss"]))
     return info, arrays
 
 
@@ -438,6 +454,7 @@ def train_multivi(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
             "foscttm_latents": "get_latent_representation(modality='expression' / 'accessibility')",
         },
     }
+    info.update(_validation_curve(model.history.get("reconstruction_loss_validation")))
     return info, arrays
 
 

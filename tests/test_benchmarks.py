@@ -33,6 +33,9 @@ def test_compare_multivi_smoke(tmp_path):
     table = (tmp_path / f"{stem}.md").read_text()
     assert "mvae_sc" in table and "multivi" in table
     assert set(report["methods"]) >= {"mvae_sc", "multivi"}
+    for run in report["methods"].values():  # the monitored validation loss, per epoch
+        assert len(run["validation_curve"]) == run["epochs"]
+        assert run["validation_curve"][run["best_epoch"] - 1] == min(run["validation_curve"])
     # the per-method partial report is replaced by the full one
     assert not (tmp_path / f"{stem}.partial.json").exists()
 
