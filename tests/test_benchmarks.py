@@ -68,6 +68,20 @@ def test_compare_multivi_one_method_and_model_seed(tmp_path):
     assert any("no batch effect" in note for note in reports[0]["notes"])
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
+def test_child_peak_rss_is_its_own():
+    """A child started by subprocess must not report its parent's peak: Linux keeps
+    ru_maxrss across execve, which once inflated MultiVI's peak in the comparison."""
+    import numpy as np
+
+    ballast = np.ones(80_000_000)  # 640 MB, touched, in this (the parent) process
+    code = f"import sys; sys.path.insert(0, {str(SCRIPT.parent)!r}); "
+    code += "from compare_multivi import _peak_rss_mb; print(_peak_rss_mb())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout) < 400 < ballast.nbytes / 1e6
+
+
 @pytest.mark.parametrize("backed", [False, True])
 def test_scale_benchmark_runs(tmp_path, backed):
     out = tmp_path / "scale.json"
