@@ -42,30 +42,36 @@ def test_compare_multivi_smoke(tmp_path):
 
 def test_compare_multivi_one_method_and_model_seed(tmp_path):
     """--methods runs only those methods (mvae_sc needs no scvi-tools); --model-seed
-    changes the model's seed and not the data."""
+    reaches the children and changes the models' seed, not the data."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    reports = []
-    for model_seed in (3, 4):
-        out = tmp_path / str(model_seed)
-        command = [sys.executable, str(SCRIPT), "--smoke", "--methods", "mvae_sc"]
-        command += ["--model-seed", str(model_seed), "--out-dir", str(out)]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        reports.append(json.loads((out / "compare_multivi_synthetic_n600_smoke.json").read_text()))
-        table = (out / "compare_multivi_synthetic_n600_smoke.md").read_text()
-        assert "| metric | better | mvae_sc |\n" in table  # one method's column
-    assert [r["model_seed"] for r in reports] == [3, 4]
-    assert [set(r["methods"]) for r in reports] == [{"mvae_sc"}, {"mvae_sc"}]
-    runs = [r["methods"]["mvae_sc"] for r in reports]
-    assert runs[0]["fingerprint"] == runs[1]["fingerprint"]  # the same data
-    assert runs[0]["metrics"]["foscttm_paired"] != runs[1]["metrics"]["foscttm_paired"]
+    command = [sys.executable, str(SCRIPT), "--smoke", "--methods", "mvae_sc"]
+    command += ["--model-seed", "3", "--out-dir", str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stem = "compare_multivi_synthetic_n600_smoke"
+    report = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert "| metric | better | mvae_sc |\n" in (tmp_path / f"{stem}.md").read_text()
+    assert report["model_seed"] == 3 and set(report["methods"]) == {"mvae_sc"}
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import compare_multivi as cm
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    args = cm.parse_args(["--smoke", "--model-seed", "3"])
+    child = cm._child_command(args, "mvae_sc", "out")
+    assert child[child.index("--model-seed") + 1] == "3" and cm._model_seed(args) == 3
+    assert cm._model_seed(cm.parse_args(["--seed", "5"])) == 5  # default: --seed
+    # the data are those of --seed alone
+    data = cm.load_dataset(cm.parse_args(["--smoke"]))
+    assert report["methods"]["mvae_sc"]["fingerprint"] == cm._fingerprint(data)
+
     # the true latent's scores, the references for the silhouette and batch-mixing rows
-    reference = reports[0]["reference"]
-    assert reference == reports[1]["reference"]
+    reference = report["reference"]
     assert 0 < reference["batch_entropy_true_latent"] <= 1
     assert 0 < reference["ilisi_true_latent"] <= 1
     assert 0.5 <= reference["batch_predictability_true_latent"] < 0.7  # no batch effect
-    assert any("no batch effect" in note for note in reports[0]["notes"])
+    assert any("no batch effect" in note for note in report["notes"])
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
