@@ -553,6 +553,19 @@ def _true_factors(mdata) -> np.ndarray | None:
     return np.asarray(mdata.obsm["true_latent"])[:, keep]
 
 
+def _batch_mixing(latent: np.ndarray, batches: np.ndarray, seed: int) -> dict:
+    """Batch entropy, iLISI and batch predictability of an embedding; {} with one batch."""
+    from mvae_sc import metrics
+
+    if len(pd.unique(batches)) < 2:
+        return {}
+    return {
+        "batch_entropy": metrics.batch_entropy(latent, batches),
+        "ilisi": metrics.ilisi(latent, batches),
+        "batch_predictability": metrics.batch_predictability(latent, batches, seed=seed),
+    }
+
+
 def compute_metrics(mdata, arrays: dict, seed: int) -> dict:
     import mvae_sc
     from mvae_sc import metrics
@@ -575,12 +588,9 @@ def compute_metrics(mdata, arrays: dict, seed: int) -> dict:
         if ro.any() and ao.any()
         else None
     )
-    n_batches = len(pd.unique(batches))
-    if n_batches > 1:
-        result["batch_entropy"] = metrics.batch_entropy(latent, batches)
-        result["ilisi"] = metrics.ilisi(latent, batches)
-        result["batch_predictability"] = metrics.batch_predictability(latent, batches, seed=seed)
-        result["batch_predictability_chance"] = 1.0 / n_batches
+    mixing = _batch_mixing(latent, batches, seed)
+    if mixing:
+        result.update(mixing, batch_predictability_chance=1.0 / len(pd.unique(batches)))
     else:
         for key in ("batch_entropy", "ilisi", "batch_predictability"):
             result[key] = None
@@ -870,13 +880,9 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict:
             "above it has made cell types more compact than they are, e.g. by dropping the "
             "within-type factors (see the R² row)."
         )
-        batches = mdata.obs[BATCH].to_numpy()
-        if len(pd.unique(batches)) > 1:
-            reference["batch_entropy_true_latent"] = metrics.batch_entropy(true_latent, batches)
-            reference["ilisi_true_latent"] = metrics.ilisi(true_latent, batches)
-            reference["batch_predictability_true_latent"] = metrics.batch_predictability(
-                true_latent, batches, seed=args.seed
-            )
+        mixing = _batch_mixing(true_latent, mdata.obs[BATCH].to_numpy(), args.seed)
+        reference.update({f"{key}_true_latent": value for key, value in mixing.items()})
+        if mixing:
             report["notes"].append(
                 "Reference: the true latent has no batch effect; its batch entropy is "
                 f"{reference['batch_entropy_true_latent']:.3f}, its iLISI "
