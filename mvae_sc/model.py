@@ -556,22 +556,42 @@ class MVAE:
         return mdata, self._cell_data(mdata)
 
     def _cell_data(self, mdata: MuData) -> CellData:
-        """Validate another MuData against this model's features and read it."""
+        """Validate another MuData against this model's features and read it.
+
+        A registered modality that the MuData lacks, or holds with no cells (an RNA-only
+        query for an RNA + ATAC model), is absent in every cell: the other experts
+        encode, and every decoder still decodes (``impute("atac")`` for RNA-only cells).
+        """
         reg = self.registry
+        absent = {
+            name: len(self.var_names[name])
+            for name in reg.modalities
+            if name not in getattr(mdata, "mod", {}) or mdata.mod[name].n_obs == 0
+        }
+        if isinstance(mdata, MuData) and len(absent) == len(reg.modalities):
+            raise ValueError(
+                f"This MuData has no cells in any of the model's modalities "
+                f"{reg.modality_names} (it has {list(mdata.mod)}). Name its modalities as "
+                f"the model's, e.g. `mudata.MuData({{{reg.modality_names[0]!r}: adata}})`."
+            )
+        present = [n for n in reg.modalities if n not in absent]
         build_registry(
             mdata,
-            modalities={n: s.likelihood for n, s in reg.modalities.items()},
-            layers={n: s.layer for n, s in reg.modalities.items()},
+            modalities={n: reg.modalities[n].likelihood for n in present},
+            layers={n: reg.modalities[n].layer for n in present},
             batch_key=reg.batch_key,
             categorical_covariate_keys=reg.categorical_covariate_keys,
             continuous_covariate_keys=reg.continuous_covariate_keys,
         )
-        return CellData(mdata, reg, feature_index=self._feature_index(mdata))
+        return CellData(mdata, reg, feature_index=self._feature_index(mdata), absent=absent)
 
     def _feature_index(self, mdata: MuData) -> dict[str, np.ndarray]:
-        """Columns of ``mdata`` in the model's feature order; error if features differ."""
+        """Columns of ``mdata`` in the model's feature order; error if features differ
+        (modalities the MuData lacks or holds with no cells are skipped)."""
         index: dict[str, np.ndarray] = {}
         for name, expected in self.var_names.items():
+            if name not in mdata.mod or mdata.mod[name].n_obs == 0:
+                continue
             found = mdata.mod[name].var_names
             if len(found) == len(expected) and (found == expected).all():
                 continue
@@ -625,7 +645,7 @@ class MVAE:
         ----------
         mdata
             Default: the MuData the model was built on. Another MuData must have the same
-            features (reordered is fine).
+            features (reordered is fine); it may lack modalities (an RNA-only query).
         modality
             None: fuse every modality the cell has (``obsm["X_mvae"]``). A modality name
             (or list): use only those experts (``obsm["X_mvae_<mod>"]``); cells without
@@ -749,7 +769,8 @@ class MVAE:
         target
             The modality to impute.
         mdata
-            Default: the model's MuData.
+            Default: the model's MuData. Another MuData may lack the target (ATAC for an
+            RNA-only query): every cell is then decoded from the modalities it has.
         from_
             The source modalities (default: every modality the cell has, the target
             included when present — a denoised value). Cells with none of them get NaN.
@@ -944,8 +965,10 @@ class MVAE:
         """Load a model saved with :meth:`save` onto ``mdata``.
 
         ``mdata`` must hold the model's modalities with the same features (the same
-        names; another order is reordered) and no batch the model has not seen. It does
-        not need to be registered; the model's registry is used and ``mdata`` is not
+        names; another order is reordered) and no batch the model has not seen. A
+        modality it lacks is absent in every cell (an RNA-only query for an RNA + ATAC
+        model gets its latent from RNA and can still be imputed in ATAC). It does not
+        need to be registered; the model's registry is used and ``mdata`` is not
         modified.
 
         Examples
@@ -959,11 +982,6 @@ class MVAE:
         model.registry = registry
         model.var_names = {k: np.asarray(v, dtype=str) for k, v in config["var_names"].items()}
         model.init_params = dict(config["init_params"])
-        missing = [n for n in registry.modalities if n not in getattr(mdata, "mod", {})]
-        if missing:
-            raise ValueError(
-                f"The MuData lacks modalities {missing} that the model was trained on."
-            )
         model.mdata = mdata
         model._data = model._cell_data(mdata)
         model.module = _build_module(registry, model.var_names, model.init_params)

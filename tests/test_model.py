@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mudata
 import numpy as np
 import pytest
 import scanpy as sc
@@ -116,6 +117,34 @@ def test_impute_from_a_missing_source_gives_nan(trained_mosaic):
     atac_only = _cells(mdata, "atac_only")
     assert np.isnan(imputed[atac_only]).all()
     assert np.isfinite(imputed[~atac_only]).all()
+
+
+def test_rna_only_query_is_encoded_and_imputed_in_atac(trained_mosaic, tmp_path):
+    """A new MuData with RNA alone, as a user's RNA-only data set comes (no ATAC
+    modality, or one with no cells), gets the latent of the RNA expert and ATAC imputed
+    from it: the same values these cells get inside the training MuData, also from a
+    saved and reloaded model."""
+    mdata, model = trained_mosaic
+    names = mdata.obs_names[_cells(mdata, "rna_only")]
+    rna = mdata.mod["rna"][names].copy()
+    without_atac = mudata.MuData({"rna": rna})
+    empty_atac = mudata.MuData({"rna": rna, "atac": mdata.mod["atac"][:0].copy()})
+    rows = mdata.obs_names.get_indexer(names)
+    z_ref = model.get_latent_representation(key_added="z_ref")[rows]
+    atac_ref = model.impute("atac", key_added="atac_ref")[rows]
+    for query in (without_atac, empty_atac):
+        query.obs["batch"] = rna.obs["batch"]
+    model.save(tmp_path / "model")
+    loaded = mvae_sc.MVAE.load(tmp_path / "model", without_atac)
+    for m, query in ((model, without_atac), (model, empty_atac), (loaded, without_atac)):
+        np.testing.assert_allclose(m.get_latent_representation(query), z_ref, atol=1e-5)
+        atac = m.impute("atac", mdata=query)
+        np.testing.assert_allclose(atac, atac_ref, atol=1e-5)
+        assert query.obsm["imputed_atac"].shape == (len(names), mdata.mod["atac"].n_vars)
+    truth = mvae_sc.datasets.heldout(mdata, "atac")
+    assert metrics.imputation_auroc(truth[names].X, atac) > 0.7
+    with pytest.raises(ValueError, match=r"no cells in any of the model's modalities"):
+        model.get_latent_representation(mudata.MuData({"gex": rna}))
 
 
 def test_scanpy_runs_on_the_embedding(trained_mosaic):

@@ -14,7 +14,7 @@ not by the number of cells.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -253,6 +253,9 @@ class CellData:
     feature_index
         Optional ``{modality: positions}``: the columns of the MuData to use, in the
         model's feature order (used when a loaded model meets reordered features).
+    absent
+        Optional ``{modality: n_features}``: registered modalities that this MuData
+        lacks (or holds with no cells); they are absent in every cell.
     """
 
     def __init__(
@@ -261,6 +264,7 @@ class CellData:
         registry: Registry,
         *,
         feature_index: dict[str, np.ndarray] | None = None,
+        absent: Mapping[str, int] | None = None,
     ):
         self.registry = registry
         self.n_cells = mdata.n_obs
@@ -270,9 +274,17 @@ class CellData:
         self.library: dict[str, np.ndarray] = {}
         self.sources: dict[str, _SparseSource | _DenseSource | _BackedSource] = {}
         feature_index = feature_index or {}
+        absent = absent or {}
         for name, spec in registry.modalities.items():
-            matrix = _as_row_indexable(get_values(mdata, name, spec.layer))
             binary = spec.likelihood == "bernoulli"
+            if name in absent:
+                # one empty row that no cell reads (rows of -1 gather nothing)
+                empty = sp.csr_matrix((1, absent[name]), dtype=np.float32)
+                self.sources[name] = _source(empty, absent[name], binary=binary, positions=None)
+                self.rows[name] = np.full(self.n_cells, -1, dtype=np.int64)
+                self.library[name] = np.zeros(self.n_cells, dtype=np.float32)
+                continue
+            matrix = _as_row_indexable(get_values(mdata, name, spec.layer))
             positions = feature_index.get(name)
             n_features = matrix.shape[1] if positions is None else len(positions)
             self.sources[name] = _source(matrix, n_features, binary=binary, positions=positions)
