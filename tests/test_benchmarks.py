@@ -74,6 +74,45 @@ def test_compare_multivi_one_method_and_model_seed(tmp_path):
     assert any("no batch effect" in note for note in report["notes"])
 
 
+def test_compare_multivi_on_a_real_style_h5mu(tmp_path):
+    """The path new data take (``--dataset FILE.h5mu``): every cell paired, counts in a
+    layer under log-normalised X, cell type and batch only in the modalities' obs under
+    other names. The script subsamples, hides modalities to make the 60/20/20 mosaic with
+    held-out truth and scores the imputations against it."""
+    import mudata
+    import scanpy as sc
+
+    import mvae_sc
+
+    source = mvae_sc.datasets.synthetic_multiome(
+        700, n_genes=200, n_peaks=600, frac_rna_only=0, frac_atac_only=0, seed=3
+    )
+    mods = {}
+    for name in ("rna", "atac"):
+        adata = source.mod[name].copy()
+        adata.obs = adata.obs.rename(columns={"cell_type": "celltype", "batch": "sample"})
+        mods[name] = adata
+    mods["rna"].layers["counts"] = mods["rna"].X.copy()
+    sc.pp.normalize_total(mods["rna"])
+    sc.pp.log1p(mods["rna"])
+    mudata.MuData(mods).write(tmp_path / "lab_data.h5mu")
+
+    command = [sys.executable, str(SCRIPT), "--dataset", str(tmp_path / "lab_data.h5mu")]
+    command += ["--label-key", "celltype", "--batch-key", "sample", "--rna-layer", "counts"]
+    command += ["--n-cells", "500", "--methods", "mvae_sc", "--max-epochs", "2"]
+    command += ["--out-dir", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "compare_multivi_lab_data_n500.json").read_text())
+    assert report["data"]["modalities"] == {"paired": 300, "rna_only": 100, "atac_only": 100}
+    scores = report["methods"]["mvae_sc"]["metrics"]
+    for key in ("ari", "batch_entropy", "foscttm_paired", "atac_auroc_rna_only"):
+        assert 0 <= scores[key] <= 1, (key, scores[key])
+    assert -1 <= scores["rna_pearson_cell_atac_only"] <= 1
+    assert scores.get("within_type_factor_r2") is None  # no simulator truth in a file
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
 def test_child_peak_rss_is_its_own():
     """A child started by subprocess must not report its parent's peak: Linux keeps
@@ -135,6 +174,24 @@ def test_supervised_head_benchmark_runs(tmp_path):
         "RNA PCs",
     }
     assert set(run["expert_sd"]) == {"rna", "atac"} and len(run["expert_sd"]["rna"]) == 10
+
+
+def test_outcome_across_labs_benchmark_runs(tmp_path):
+    out = tmp_path / "labs.json"
+    command = [sys.executable, str(SCRIPT.with_name("outcome_across_labs.py"))]
+    command += ["--runs", "400:1", "--batch-effects", "0.5", "1.5", "--max-epochs", "2"]
+    command += ["--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["batch_effect"] for r in report["rows"]] == [0.5, 1.5]
+    scored = ("head", "head_70pct_hidden", "head_no_adversary", "logistic_on_rna_pcs")
+    assert all(0 <= r[k] <= 1 for r in report["rows"] for k in scored)
+    # the held-out lab is the one without labels, and every cell of it is scored
+    row = report["rows"][0]
+    assert row["n_test_cells_with_rna"] + row["n_test_cells_atac_only"] > 150
+    assert report["summary"]["1.5"]["runs"] == 1
 
 
 def test_classification_weight_benchmark_runs(tmp_path):
