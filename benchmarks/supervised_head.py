@@ -40,20 +40,23 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = ("2000:1", "2000:2", "5000:1")
 
 
-def _data(n_cells: int, seed: int):
+def _data(n_cells: int, seed: int, batch_effect: float = 0.5):
+    """The test's outcome data (``batch_effect`` 0.5 is the simulator's default)."""
     import mvae_sc
 
     return mvae_sc.datasets.synthetic_multiome(
-        n_cells, n_genes=600, n_peaks=2000, n_cell_types=6, seed=seed
+        n_cells, n_genes=600, n_peaks=2000, n_cell_types=6, batch_effect=batch_effect, seed=seed
     )
 
 
-def _test_protocol():
-    """The held-out split and the RNA-PCA baseline of tests/test_batch_supervised.py."""
+def _test_protocol(split: str = "_outcome_split"):
+    """A split (``"_outcome_split"``: random held-out cells; ``"_lab_split"``: one lab
+    labelled, the other held out) and the RNA-PCA baseline of
+    tests/test_batch_supervised.py."""
     sys.path.insert(0, str(REPO / "tests"))
-    from test_batch_supervised import _outcome_split, _rna_pcs
+    import test_batch_supervised
 
-    return _outcome_split, _rna_pcs
+    return getattr(test_batch_supervised, split), test_batch_supervised._rna_pcs
 
 
 def _model(mdata, max_epochs: int | None, model_kwargs: dict | None = None, **setup):

@@ -59,6 +59,13 @@ def _outcome_split(mdata, *, hide: float, seed: int = 0):
     return test, labelled
 
 
+def _lab_split(mdata, *, labelled_batch: str = "batch_0"):
+    """Outcomes known in one lab (batch) and predicted for the cells of the others.
+    Returns (test mask, labelled mask)."""
+    batch = mdata.obs["batch"].astype(str).to_numpy()
+    return batch != labelled_batch, batch == labelled_batch
+
+
 def _rna_pcs(mdata, n_comps: int = 30) -> tuple[np.ndarray, np.ndarray]:
     rna = mdata.mod["rna"].copy()
     sc.pp.normalize_total(rna, target_sum=1e4)
@@ -112,6 +119,28 @@ def test_supervised_head_predicts_held_out_response(outcome_data, hide):
     # prediction well above chance from ATAC alone
     atac_only = test & ~has_rna
     assert balanced_accuracy_score(truth[atac_only], predicted[atac_only]) > 0.6
+
+
+def test_supervised_head_carries_outcomes_to_another_lab(outcome_data):
+    """The clinical use: outcomes known for one lab's cells, predicted for another lab's.
+    The labs differ by the simulator's default batch effect. PCA of RNA keeps it, so a
+    classifier fitted on one lab's PCs is off in the other's; the head reads z, from
+    which the batch-aware decoders and the adversary take the batch out."""
+    mdata = outcome_data.copy()
+    test, labelled = _lab_split(mdata)
+    truth = mdata.obs["response"].to_numpy().astype(str)
+    predicted = _fit_outcome(mdata, "response", "categorical", labelled).astype(str)
+    pcs, has_rna = _rna_pcs(mdata)
+    baseline = LogisticRegression(max_iter=2000).fit(
+        pcs[labelled & has_rna], truth[labelled & has_rna]
+    )
+    on_rna = test & has_rna
+    ours = balanced_accuracy_score(truth[on_rna], predicted[on_rna])
+    theirs = balanced_accuracy_score(truth[on_rna], baseline.predict(pcs[on_rna]))
+    # Measured (benchmarks/outcome_across_labs.py): ahead by 0.04-0.15 over three data
+    # seeds at this batch effect, 0.08 on this set; one lab's ~800 test cells give a
+    # standard error of about 0.014 per accuracy.
+    assert ours > theirs + 0.03, (ours, theirs)
 
 
 def test_supervised_head_predicts_continuous_outcome(outcome_data):
