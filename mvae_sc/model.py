@@ -583,14 +583,15 @@ class MVAE:
             categorical_covariate_keys=reg.categorical_covariate_keys,
             continuous_covariate_keys=reg.continuous_covariate_keys,
         )
-        return CellData(mdata, reg, feature_index=self._feature_index(mdata), absent=absent)
+        feature_index = self._feature_index(mdata, skip=absent)
+        return CellData(mdata, reg, feature_index=feature_index, absent=absent)
 
-    def _feature_index(self, mdata: MuData) -> dict[str, np.ndarray]:
-        """Columns of ``mdata`` in the model's feature order; error if features differ
-        (modalities the MuData lacks or holds with no cells are skipped)."""
+    def _feature_index(self, mdata: MuData, skip=()) -> dict[str, np.ndarray]:
+        """Columns of ``mdata`` in the model's feature order, for each modality not in
+        ``skip``; error if features differ."""
         index: dict[str, np.ndarray] = {}
         for name, expected in self.var_names.items():
-            if name not in mdata.mod or mdata.mod[name].n_obs == 0:
+            if name in skip:
                 continue
             found = mdata.mod[name].var_names
             if len(found) == len(expected) and (found == expected).all():
