@@ -40,12 +40,19 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = ("2000:1", "2000:2", "5000:1")
 
 
-def _data(n_cells: int, seed: int, batch_effect: float = 0.5):
-    """The test's outcome data (``batch_effect`` 0.5 is the simulator's default)."""
+def _data(n_cells: int, seed: int, batch_effect: float = 0.5, batch_type_specific: float = 0.0):
+    """The test's outcome data (the simulator's default batch effect: 0.5, the same shift
+    in every cell type)."""
     import mvae_sc
 
     return mvae_sc.datasets.synthetic_multiome(
-        n_cells, n_genes=600, n_peaks=2000, n_cell_types=6, batch_effect=batch_effect, seed=seed
+        n_cells,
+        n_genes=600,
+        n_peaks=2000,
+        n_cell_types=6,
+        batch_effect=batch_effect,
+        batch_type_specific=batch_type_specific,
+        seed=seed,
     )
 
 

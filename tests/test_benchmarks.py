@@ -183,19 +183,20 @@ def test_supervised_head_benchmark_runs(tmp_path):
 def test_outcome_across_labs_benchmark_runs(tmp_path):
     out = tmp_path / "labs.json"
     command = [sys.executable, str(SCRIPT.with_name("outcome_across_labs.py"))]
-    command += ["--runs", "400:1", "--batch-effects", "0.5", "1.5", "--max-epochs", "2"]
+    command += ["--runs", "400:1", "--batch-effects", "0.5", "1.5:0.5", "--max-epochs", "2"]
     command += ["--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert [r["batch_effect"] for r in report["rows"]] == [0.5, 1.5]
+    settings = [(r["batch_effect"], r["batch_type_specific"]) for r in report["rows"]]
+    assert settings == [(0.5, 0.0), (1.5, 0.5)]
     scored = ("head", "head_70pct_hidden", "head_no_adversary", "logistic_on_rna_pcs")
     assert all(0 <= r[k] <= 1 for r in report["rows"] for k in scored)
     # the held-out lab is the one without labels, and every cell of it is scored
     row = report["rows"][0]
     assert row["n_test_cells_with_rna"] + row["n_test_cells_atac_only"] > 150
-    assert report["summary"]["1.5"]["runs"] == 1
+    assert report["summary"]["1.5:0.5"]["runs"] == 1
 
 
 def test_classification_weight_benchmark_runs(tmp_path):

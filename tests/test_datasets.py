@@ -183,10 +183,50 @@ def test_same_seed_same_data_other_seed_differs() -> None:
     assert not np.array_equal(a.obsm["true_latent"], c.obsm["true_latent"])
 
 
+def _batch_shift_by_type(mdata: mudata.MuData) -> np.ndarray:
+    """Per cell type, batch 1's mean log-normalised expression minus batch 0's, per gene:
+    (n_types, n_genes)."""
+    rna = mdata.mod["rna"]
+    x = rna.X.multiply(1e4 / rna.X.sum(axis=1)).log1p().tocsr()
+    types, batches = rna.obs["cell_type"].to_numpy(), rna.obs["batch"].to_numpy()
+    rows = []
+    for t in np.unique(types):
+        means = [
+            np.asarray(x[(types == t) & (batches == b)].mean(0)).ravel()
+            for b in ("batch_0", "batch_1")
+        ]
+        rows.append(means[1] - means[0])
+    return np.array(rows)
+
+
+def test_batch_type_specific_changes_only_the_batch_shift_of_each_type() -> None:
+    """By default a batch shifts a gene alike in every cell type, so the shifts of two
+    types correlate; ``batch_type_specific=1`` gives each type its own shift. Nothing
+    else changes, and 0 gives the default data exactly."""
+    params = {"n_cells": 3000, "n_genes": 300, "n_peaks": 300, "n_cell_types": 3}
+    params |= {"batch_effect": 1.0, "frac_rna_only": 0.0, "frac_atac_only": 0.0, "seed": 5}
+    default = synthetic_multiome(**params)
+    zero = synthetic_multiome(**params, batch_type_specific=0.0)
+    own = synthetic_multiome(**params, batch_type_specific=1.0)
+    for mod in ("rna", "atac"):
+        assert (default.mod[mod].X != zero.mod[mod].X).nnz == 0
+    np.testing.assert_array_equal(default.obsm["true_latent"], own.obsm["true_latent"])
+    assert (default.obs["cell_type"] == own.obs["cell_type"]).all()
+    assert own.uns["synthetic_multiome"]["params"]["batch_type_specific"] == 1.0
+
+    def mean_correlation(mdata: mudata.MuData) -> float:
+        corr = np.corrcoef(_batch_shift_by_type(mdata))
+        return float(corr[np.triu_indices_from(corr, k=1)].mean())
+
+    assert mean_correlation(default) > 0.6, mean_correlation(default)
+    assert abs(mean_correlation(own)) < 0.2, mean_correlation(own)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
         ({"n_cells": 0}, ValueError, "n_cells"),
+        ({"batch_type_specific": 1.5}, ValueError, "batch_type_specific"),
         ({"n_cells": 10.5}, TypeError, "n_cells"),
         (
             {"frac_rna_only": 0.7, "frac_atac_only": 0.5},

@@ -277,6 +277,7 @@ def synthetic_multiome(
     frac_atac_only: float = 0.2,
     n_batches: int = 2,
     batch_effect: float = 0.5,
+    batch_type_specific: float = 0.0,
     seed: int = 0,
 ) -> mudata.MuData:
     """Simulate a mosaic single-cell RNA + ATAC data set with ground truth.
@@ -309,6 +310,14 @@ def synthetic_multiome(
         Scale of the batch effect: standard deviation of the per-batch gene-wise
         log-fold changes on RNA (peak-wise logit shifts on ATAC are half of it, and
         per-batch depth shifts are ``0.5 * batch_effect`` in log scale). ``0`` disables it.
+    batch_type_specific
+        Share of the batch effect's variance that differs between cell types, in [0, 1].
+        ``0`` (default): a batch shifts a gene (a peak) the same way in every cell type.
+        ``s > 0``: batch ``b``'s shift in type ``t`` is ``sqrt(1 - s) * shared_b +
+        sqrt(s) * own_bt``, both drawn with the same spread, as when a lab's dissociation or
+        handling stresses some cell types more than others. Mean-centring each batch no
+        longer removes such an effect. The type-specific parts come from a separate
+        random stream, so ``0`` gives the data of earlier versions.
     seed
         Seed of the random number generator; the same seed gives identical data.
 
@@ -362,6 +371,7 @@ def synthetic_multiome(
     seed = _check_int("seed", seed, minimum=0)
     frac_rna_only = _check_fraction("frac_rna_only", frac_rna_only)
     frac_atac_only = _check_fraction("frac_atac_only", frac_atac_only)
+    batch_type_specific = _check_fraction("batch_type_specific", batch_type_specific)
     if frac_rna_only + frac_atac_only > 1.0:
         raise ValueError(
             f"`frac_rna_only + frac_atac_only` must be <= 1, got "
@@ -433,12 +443,31 @@ def synthetic_multiome(
     atac_depth_noise = 0.5 * depth_noise[:, 0] + np.sqrt(0.75) * depth_noise[:, 1]
     cell_factor = np.exp(batch_atac_depth[batch] + 0.35 * atac_depth_noise).astype(np.float32)
 
+    # --- cell-type-specific batch effects (own stream: s = 0 leaves the data as before) -
+    # rna_offset[b, t]: the log-scale offset of type t's genes in batch b
+    rna_offset = np.broadcast_to(
+        (gene_base + batch_lfc)[:, None, :], (n_batches, n_cell_types, n_genes)
+    )
+    offset = peak_base + type_effect[:, None, :] + batch_shift[None, :, :]
+    if batch_type_specific > 0:
+        type_rng = np.random.default_rng([seed, 2])
+        shared, own = np.sqrt(1.0 - batch_type_specific), np.sqrt(batch_type_specific)
+        own_lfc = type_rng.normal(0.0, batch_effect, size=(n_batches, n_cell_types, n_genes))
+        rna_offset = gene_base + shared * batch_lfc[:, None, :] + own * own_lfc
+        own_shift = type_rng.normal(
+            0.0, _ATAC_BATCH_SCALE * batch_effect, size=(n_cell_types, n_batches, n_peaks)
+        )
+        offset = peak_base + type_effect[:, None, :] + shared * batch_shift[None] + own * own_shift
+    rna_offset = rna_offset.astype(np.float32).reshape(n_batches * n_cell_types, n_genes)
+    # logit = peak_base + type_effect[type] + batch_shift[batch] + latent @ w_atac; the
+    # first three terms depend only on the (type, batch) pair.
+    offset = offset.astype(np.float32).reshape(n_cell_types * n_batches, n_peaks)
+
     # --- sample counts in chunks of cells --------------------------------------------
-    rna_offset = gene_base + batch_lfc  # (n_batches, n_genes)
     rna_parts = []
     for rows in _chunks(n_cells, n_genes):
         mean = true_latent[rows] @ w_rna  # eta, turned into the NB mean in place below
-        mean += rna_offset[batch[rows]]
+        mean += rna_offset[batch[rows] * n_cell_types + cell_type[rows]]
         mean -= mean.max(axis=1, keepdims=True)
         np.exp(mean, out=mean)
         mean *= (library[rows] / mean.sum(axis=1))[:, None]
@@ -446,10 +475,6 @@ def synthetic_multiome(
         rna_parts.append(_csr_part(mean.shape[0], row, col, counts))
     rna_x = _assemble_csr(rna_parts, n_genes)
 
-    # logit = peak_base + type_effect[type] + batch_shift[batch] + latent @ w_atac; the
-    # first three terms depend only on the (type, batch) pair.
-    offset = peak_base + type_effect[:, None, :] + batch_shift[None, :, :]
-    offset = offset.reshape(n_cell_types * n_batches, n_peaks)
     combo = cell_type * n_batches + batch
     atac_parts = []
     for rows in _chunks(n_cells, n_peaks):
@@ -527,6 +552,7 @@ def synthetic_multiome(
             "frac_atac_only": frac_atac_only,
             "n_batches": n_batches,
             "batch_effect": batch_effect,
+            "batch_type_specific": batch_type_specific,
             "seed": seed,
         },
         # what each column of obsm["true_latent"] is
