@@ -443,31 +443,32 @@ def synthetic_multiome(
     atac_depth_noise = 0.5 * depth_noise[:, 0] + np.sqrt(0.75) * depth_noise[:, 1]
     cell_factor = np.exp(batch_atac_depth[batch] + 0.35 * atac_depth_noise).astype(np.float32)
 
-    # --- cell-type-specific batch effects (own stream: s = 0 leaves the data as before) -
-    # rna_offset[b, t]: the log-scale offset of type t's genes in batch b
+    # --- offsets per (type, batch) pair, row combo = type * n_batches + batch ---------
+    # RNA: gene_base + the batch's log-fold changes; ATAC logit: peak_base + type_effect
+    # + the batch's shifts. A share s of the batch part is type-specific, drawn from an
+    # own stream, so s = 0 leaves the data as before.
     rna_offset = np.broadcast_to(
-        (gene_base + batch_lfc)[:, None, :], (n_batches, n_cell_types, n_genes)
+        (gene_base + batch_lfc)[None, :, :], (n_cell_types, n_batches, n_genes)
     )
     offset = peak_base + type_effect[:, None, :] + batch_shift[None, :, :]
     if batch_type_specific > 0:
         type_rng = np.random.default_rng([seed, 2])
         shared, own = np.sqrt(1.0 - batch_type_specific), np.sqrt(batch_type_specific)
         own_lfc = type_rng.normal(0.0, batch_effect, size=(n_batches, n_cell_types, n_genes))
-        rna_offset = gene_base + shared * batch_lfc[:, None, :] + own * own_lfc
+        rna_offset = gene_base + shared * batch_lfc[None] + own * own_lfc.transpose(1, 0, 2)
         own_shift = type_rng.normal(
             0.0, _ATAC_BATCH_SCALE * batch_effect, size=(n_cell_types, n_batches, n_peaks)
         )
         offset = peak_base + type_effect[:, None, :] + shared * batch_shift[None] + own * own_shift
-    rna_offset = rna_offset.astype(np.float32).reshape(n_batches * n_cell_types, n_genes)
-    # logit = peak_base + type_effect[type] + batch_shift[batch] + latent @ w_atac; the
-    # first three terms depend only on the (type, batch) pair.
+    combo = cell_type * n_batches + batch
+    rna_offset = rna_offset.astype(np.float32).reshape(n_cell_types * n_batches, n_genes)
     offset = offset.astype(np.float32).reshape(n_cell_types * n_batches, n_peaks)
 
     # --- sample counts in chunks of cells --------------------------------------------
     rna_parts = []
     for rows in _chunks(n_cells, n_genes):
         mean = true_latent[rows] @ w_rna  # eta, turned into the NB mean in place below
-        mean += rna_offset[batch[rows] * n_cell_types + cell_type[rows]]
+        mean += rna_offset[combo[rows]]
         mean -= mean.max(axis=1, keepdims=True)
         np.exp(mean, out=mean)
         mean *= (library[rows] / mean.sum(axis=1))[:, None]
@@ -475,7 +476,6 @@ def synthetic_multiome(
         rna_parts.append(_csr_part(mean.shape[0], row, col, counts))
     rna_x = _assemble_csr(rna_parts, n_genes)
 
-    combo = cell_type * n_batches + batch
     atac_parts = []
     for rows in _chunks(n_cells, n_peaks):
         prob = true_latent[rows] @ w_atac  # the logit, turned into p in place below
