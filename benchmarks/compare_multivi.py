@@ -19,8 +19,9 @@ Data. ``--dataset synthetic`` simulates ``synthetic_multiome(n_cells, n_batches=
 60% paired, 20% RNA-only, 20% ATAC-only cells, with the dropped measurements kept as
 held-out truth. ``--dataset PATH.h5mu`` reads a real multiome MuData (mods ``"rna"`` and
 ``"atac"``, raw counts), keeps at most ``--n-cells`` cells (random, seeded; 0 keeps all),
-makes repeated feature names unique (``var_names_make_unique``), drops features seen in fewer than ``--min-feature-frac`` of the cells (as the MultiVI
-tutorial does), then hides ATAC from 20% of the paired cells and RNA from another 20%
+makes repeated feature names unique (``var_names_make_unique``), drops features seen in
+fewer than ``--min-feature-frac`` of the cells (as the MultiVI tutorial does), then hides
+ATAC from 20% of the paired cells and RNA from another 20%
 (:func:`mvae_sc.datasets.hide_modality`), which gives the same 60/20/20 mosaic with
 held-out truth. ``--dataset shared`` loops over every ``*.h5mu`` in ``../shared/data``.
 

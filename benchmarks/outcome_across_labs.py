@@ -10,9 +10,9 @@ Each run ``CELLS:SEED`` at each batch effect simulates the data of
 effect ``E`` is ``synthetic_multiome(batch_effect=E)``, the same shift in every cell type
 (0.5 is the simulator's default, 1.5 a strong one); ``E:S`` adds
 ``batch_type_specific=S``, a share ``S`` of it that differs between cell types. The data
-are copied as the test's fixture does, and labels ``obs["response"]`` only for the cells of ``batch_0`` (the
-``_lab_split`` of ``tests/test_batch_supervised.py``). Scored on the cells of
-``batch_1``, balanced accuracy of:
+are copied as the test's fixture does, and ``obs["response"]`` is labelled only for the
+cells of ``batch_0`` (the ``_lab_split`` of ``tests/test_batch_supervised.py``). Scored
+on the cells of ``batch_1``, balanced accuracy of:
 
 * ``head``: the supervised model (``n_latent=10``, ``n_hidden=128``, 80 epochs, otherwise
   the defaults: batch-aware decoders and, with two batches, the adversary), on cells with

@@ -17,17 +17,16 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_multivi.py"
 
 
+def _run(command: list[str]) -> None:
+    """Run a benchmark script with one compute thread; fail with its stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_compare_multivi_smoke(tmp_path):
     pytest.importorskip("scvi", reason="scvi-tools not installed (pip install -e '.[bench]')")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--out-dir", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run([sys.executable, str(SCRIPT), "--smoke", "--out-dir", str(tmp_path)])
     stem = "compare_multivi_synthetic_n600_smoke"
     report = json.loads((tmp_path / f"{stem}.json").read_text())
     assert (tmp_path / f"{stem}.png").stat().st_size > 0
@@ -44,11 +43,9 @@ def test_compare_multivi_smoke(tmp_path):
 def test_compare_multivi_one_method_and_model_seed(tmp_path):
     """--methods runs only those methods (mvae_sc needs no scvi-tools); --model-seed
     reaches the children and changes the models' seed, not the data."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, str(SCRIPT), "--smoke", "--methods", "mvae_sc"]
     command += ["--model-seed", "3", "--out-dir", str(tmp_path)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run(command)
     stem = "compare_multivi_synthetic_n600_smoke"
     report = json.loads((tmp_path / f"{stem}.json").read_text())
     assert "| metric | better | mvae_sc |\n" in (tmp_path / f"{stem}.md").read_text()
@@ -78,8 +75,8 @@ def test_compare_multivi_one_method_and_model_seed(tmp_path):
 def test_compare_multivi_on_a_real_style_h5mu(tmp_path):
     """The path new data take (``--dataset FILE.h5mu``): every cell paired, counts in a
     layer under log-normalised X, a repeated gene name, cell type and batch only in the
-    modalities' obs under other names. The script subsamples, hides modalities to make the 60/20/20 mosaic with
-    held-out truth and scores the imputations against it."""
+    modalities' obs under other names. The script subsamples, hides modalities to make
+    the 60/20/20 mosaic with held-out truth and scores the imputations against it."""
     import mudata
     import scanpy as sc
 
@@ -105,9 +102,7 @@ def test_compare_multivi_on_a_real_style_h5mu(tmp_path):
     command += ["--label-key", "celltype", "--batch-key", "sample", "--rna-layer", "counts"]
     command += ["--n-cells", "500", "--methods", "mvae_sc", "--max-epochs", "2"]
     command += ["--out-dir", str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run(command)
     report = json.loads((tmp_path / "compare_multivi_lab_data_n500.json").read_text())
     assert report["data"]["modalities"] == {"paired": 300, "rna_only": 100, "atac_only": 100}
     scores = report["methods"]["mvae_sc"]["metrics"]
@@ -137,9 +132,7 @@ def test_scale_benchmark_runs(tmp_path, backed):
     command = [sys.executable, str(SCRIPT.with_name("scale.py")), "--cells", "300", "600"]
     command += ["--genes", "200", "--peaks", "500", "--out", str(out)]
     command += ["--backed"] if backed else []
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run(command)
     rows = json.loads(out.read_text())["rows"]
     assert [r["n_cells"] for r in rows] == [300, 600]
     assert all(r["backed"] == backed and r["seconds_per_epoch"] > 0 for r in rows)
@@ -150,9 +143,7 @@ def test_profile_step_runs(tmp_path):
     out = tmp_path / "profile.json"
     command = [sys.executable, str(SCRIPT.with_name("profile_step.py")), "--cells", "300"]
     command += ["--genes", "200", "--peaks", "500", "--steps", "4", "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run(command)
     report = json.loads(out.read_text())
     phases = report["ms_per_step"]
     assert phases["total"] == pytest.approx(sum(v for k, v in phases.items() if k != "total"))
@@ -164,9 +155,7 @@ def test_supervised_head_benchmark_runs(tmp_path):
     out = tmp_path / "head.json"
     command = [sys.executable, str(SCRIPT.with_name("supervised_head.py")), "--runs", "400:1"]
     command += ["--max-epochs", "5", "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run(command)
     (run,) = json.loads(out.read_text())["runs"]
     assert set(run["accuracy"]) >= {"head", "logistic_on_z", "logistic_on_rna_pcs"}
     assert all(0 <= run["accuracy"][k] <= 1 for k in ("head", "logistic_on_rna_pcs"))
@@ -185,9 +174,7 @@ def test_outcome_across_labs_benchmark_runs(tmp_path):
     command = [sys.executable, str(SCRIPT.with_name("outcome_across_labs.py"))]
     command += ["--runs", "400:1", "--batch-effects", "0.5", "1.5:0.5", "--max-epochs", "2"]
     command += ["--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run(command)
     report = json.loads(out.read_text())
     settings = [(r["batch_effect"], r["batch_type_specific"]) for r in report["rows"]]
     assert settings == [(0.5, 0.0), (1.5, 0.5)]
@@ -203,9 +190,7 @@ def test_classification_weight_benchmark_runs(tmp_path):
     out = tmp_path / "weights.json"
     command = [sys.executable, str(SCRIPT.with_name("classification_weight.py"))]
     command += ["--runs", "400:1", "--weights", "10", "50", "--max-epochs", "2", "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run(command)
     report = json.loads(out.read_text())
     # one row per weight and fraction of hidden labels, each scored against the baseline
     assert [(r["weight"], r["hide"]) for r in report["rows"]] == [
