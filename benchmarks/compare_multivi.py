@@ -5,7 +5,8 @@ Usage::
     python benchmarks/compare_multivi.py                         # synthetic, 5000 cells
     python benchmarks/compare_multivi.py --smoke                 # 600 cells, 3 epochs each
     python benchmarks/compare_multivi.py --dataset my.h5mu --label-key cell_type --batch-key sample
-    python benchmarks/compare_multivi.py --dataset shared        # every ../shared/data/*.h5mu
+    python benchmarks/compare_multivi.py --dataset pbmc_filtered_feature_bc_matrix.h5
+    python benchmarks/compare_multivi.py --dataset shared        # every file in ../shared/data
 
 Run it with one compute thread per process, as the project machines do::
 
@@ -17,13 +18,21 @@ What it does
 ------------
 Data. ``--dataset synthetic`` simulates ``synthetic_multiome(n_cells, n_batches=2)``:
 60% paired, 20% RNA-only, 20% ATAC-only cells, with the dropped measurements kept as
-held-out truth. ``--dataset PATH.h5mu`` reads a real multiome MuData (mods ``"rna"`` and
-``"atac"``, raw counts), keeps at most ``--n-cells`` cells (random, seeded; 0 keeps all),
-makes repeated feature names unique (``var_names_make_unique``), drops features seen in
-fewer than ``--min-feature-frac`` of the cells (as the MultiVI tutorial does), then hides
-ATAC from 20% of the paired cells and RNA from another 20%
+held-out truth. ``--dataset PATH`` reads real multiome data: a ``.h5mu`` file, a Cell Ranger
+ARC ``filtered_feature_bc_matrix.h5`` (:func:`mvae_sc.io.read_10x_multiome`) or the name
+of a data registry card (:func:`mvae_sc.datasets.load`: its checksummed cache, else a
+download). What the command line does not name is looked up: the modalities (``rna``,
+``gex``, ... and ``atac``, ``peaks``, ..., any case), the raw counts (X when it holds whole
+numbers, else a ``counts`` layer; normalised data are refused with the option to pass),
+the cell types (``cell_type``, ``celltype``, ...; without them the label rows are n/a)
+and the batches (``batch``, ``sample``, ...; without them, one batch); what was used is
+recorded in the report. The script keeps at most ``--n-cells`` cells (random, seeded; 0
+keeps all), makes repeated feature names unique (``var_names_make_unique``), drops
+features seen in fewer than ``--min-feature-frac`` of the cells (as the MultiVI tutorial
+does), then hides ATAC from 20% of the paired cells and RNA from another 20%
 (:func:`mvae_sc.datasets.hide_modality`), which gives the same 60/20/20 mosaic with
-held-out truth. ``--dataset shared`` loops over every ``*.h5mu`` in ``../shared/data``.
+held-out truth. ``--dataset shared`` runs every ``.h5mu`` and ``.h5`` file under
+``../shared/data`` (sub-folders too), skipping with a message any it cannot read.
 
 Models. Both at latent size 20 and hidden width 256, otherwise at their own defaults,
 each with its own early stopping (mvae_sc: validation ELBO, patience 20; MultiVI:
@@ -89,6 +98,26 @@ SMOKE_EPOCHS = 3
 
 # Columns written by `load_dataset` into obs: what every later step reads.
 LABEL, BATCH, MODALITY = "_bench_label", "_bench_batch", "_bench_modality"
+READ_INFO = "_bench_read"  # uns: what was read from a real file, and from where
+
+# Names tried, in this order, where the command line does not say (real data).
+RNA_MODS = ("rna", "gex", "gene expression", "expression")
+ATAC_MODS = ("atac", "peaks", "accessibility", "chromatin")
+LABEL_KEYS = (
+    "cell_type",
+    "celltype",
+    "cell_types",
+    "celltype.l2",
+    "celltype.l1",
+    "cell.type",
+    "annotation",
+    "cell_label",
+    "labels",
+    "label",
+)
+BATCH_KEYS = ("batch", "sample", "batch_id", "sample_id")
+COUNT_LAYERS = ("counts", "raw_counts", "raw")
+NO_KEY = "none"
 
 # (key, row label, better: "up" / "down" / None, quality metric shown in the figure)
 ROWS: list[tuple[str, str, str | None, bool]] = [
@@ -113,6 +142,8 @@ ROWS: list[tuple[str, str, str | None, bool]] = [
     ("peak_rss_mb", "Peak RSS incl. inference (MB)", "down", False),
 ]
 ARROW = {"up": "↑", "down": "↓", None: ""}
+# rows that need cell-type labels
+LABEL_ROWS = ("ari", "nmi", "silhouette_label", "knn_rna_only_to_atac_only")
 
 
 # ----------------------------------------------------------------------------------------
@@ -129,13 +160,36 @@ def _modality_labels(mdata) -> np.ndarray:
     return np.where(rna & atac, "paired", np.where(rna, "rna_only", "atac_only"))
 
 
-def _obs_column(mdata, key: str) -> pd.Series | None:
-    """An obs column of the MuData, or of its modalities (``rna`` first), aligned to cells."""
+def _find_modality(mdata, wanted: str | None, aliases: tuple[str, ...], option: str) -> str:
+    """The modality named `wanted`, else the first of `aliases` present (any case)."""
+    if wanted is not None:
+        if wanted not in mdata.mod:
+            raise ValueError(f"no modality {wanted!r} ({option}); the file has {list(mdata.mod)}")
+        return wanted
+    by_lower = {name.lower(): name for name in mdata.mod}
+    for alias in aliases:
+        if alias in by_lower:
+            return by_lower[alias]
+    raise ValueError(
+        f"no modality named any of {list(aliases)} (any case); the file has "
+        f"{list(mdata.mod)}. Name it with {option}."
+    )
+
+
+def _obs_keys(mdata, mods: tuple[str, ...]) -> list[str]:
+    keys = list(mdata.obs.columns)
+    for mod in mods:
+        keys += [k for k in mdata.mod[mod].obs.columns if k not in keys]
+    return keys
+
+
+def _obs_column(mdata, key: str, mods: tuple[str, ...] = ("rna", "atac")) -> pd.Series | None:
+    """An obs column of the MuData, or of its modalities (the first first), aligned to cells."""
     if key in mdata.obs.columns:
         return mdata.obs[key]
     values = pd.Series(np.nan, index=mdata.obs_names, dtype=object)
     found = False
-    for mod in ("rna", "atac"):
+    for mod in mods:
         if f"{mod}:{key}" in mdata.obs.columns:
             column = mdata.obs[f"{mod}:{key}"].astype(object)
         elif key in mdata.mod[mod].obs.columns:
@@ -147,45 +201,119 @@ def _obs_column(mdata, key: str) -> pd.Series | None:
     return values if found else None
 
 
-def _read_real(path: Path, args: argparse.Namespace):
+def _find_column(
+    mdata, key: str | None, candidates: tuple[str, ...], option: str, mods: tuple[str, ...]
+) -> tuple[str | None, pd.Series | None]:
+    """(key, column): `key` itself (an error if it is missing), nothing for ``none``, or
+    the first of `candidates` present when `key` is None."""
+    if key is not None and key.lower() == NO_KEY:
+        return None, None
+    if key is not None:
+        column = _obs_column(mdata, key, mods)
+        if column is None:
+            raise ValueError(
+                f"no obs column {key!r} ({option}) in the MuData or its modalities; columns: "
+                f"{_obs_keys(mdata, mods)}. Pass {option} {NO_KEY} to run without it."
+            )
+        return key, column
+    for candidate in candidates:
+        column = _obs_column(mdata, candidate, mods)
+        if column is not None:
+            return candidate, column
+    return None, None
+
+
+def _is_counts(x) -> bool:
+    """Non-negative whole numbers (checked on at most 200,000 stored values)."""
+    values = x.data if sparse.issparse(x) else np.asarray(x).ravel()
+    values = np.asarray(values[:200_000], dtype=np.float64)
+    return bool(np.all(values >= 0) and np.all(np.abs(values - np.round(values)) < 1e-6))
+
+
+def _counts(adata, layer: str | None, mod: str, option: str) -> tuple[str, object]:
+    """(where, matrix): the raw counts of one modality: `layer`, else X when it holds
+    counts, else the first of COUNT_LAYERS that does. An error says what is there."""
+    if layer is not None:
+        if layer not in adata.layers:
+            raise ValueError(
+                f"modality {mod!r} has no layer {layer!r} ({option}); layers: {list(adata.layers)}"
+            )
+        where, x = f"layers[{layer!r}]", adata.layers[layer]
+    elif _is_counts(adata.X):
+        return "X", adata.X
+    else:
+        found = [name for name in COUNT_LAYERS if name in adata.layers]
+        if not found:
+            raise ValueError(
+                f"modality {mod!r}: X holds non-integer values (normalised?) and there is no "
+                f"layer {list(COUNT_LAYERS)}; both methods need raw counts. Name the layer "
+                f"with {option} (layers: {list(adata.layers)})."
+            )
+        where, x = f"layers[{found[0]!r}]", adata.layers[found[0]]
+    if not _is_counts(x):
+        raise ValueError(
+            f"modality {mod!r}: {where} holds non-integer or negative values, "
+            "not raw counts; both methods need raw counts."
+        )
+    return where, x
+
+
+def _read_file(source: str):
+    """A .h5mu file, a Cell Ranger ARC .h5 file or a data registry name, as a MuData."""
+    import mudata
+
+    import mvae_sc
+    from mvae_sc.io import read_10x_multiome
+
+    path = Path(source)
+    if path.suffix == ".h5mu":
+        return mudata.read_h5mu(path)
+    if path.suffix == ".h5" or path.exists():
+        return read_10x_multiome(path)
+    if source in mvae_sc.datasets.available():
+        return mvae_sc.datasets.load(source)  # the registry's cache, checksum-verified
+    raise ValueError(
+        f"{source!r} is neither a file (.h5mu or a Cell Ranger ARC .h5) nor a data set of "
+        f"the registry ({mvae_sc.datasets.available()})"
+    )
+
+
+def _read_real(source: str, args: argparse.Namespace):
+    import anndata
     import mudata
 
     import mvae_sc
 
-    mdata = mudata.read_h5mu(path)
-    missing = {"rna", "atac"} - set(mdata.mod)
-    if missing:
-        raise ValueError(f"{path} lacks modalities {sorted(missing)}; it has {list(mdata.mod)}")
-    labels = _obs_column(mdata, args.label_key)
-    if labels is None:
-        raise ValueError(f"{path} has no obs column {args.label_key!r} (--label-key)")
-    batches = None if args.batch_key is None else _obs_column(mdata, args.batch_key)
-    if args.batch_key is not None and batches is None:
-        raise ValueError(f"{path} has no obs column {args.batch_key!r} (--batch-key)")
+    mdata = _read_file(source)
+    rna = _find_modality(mdata, args.rna_mod, RNA_MODS, "--rna-mod")
+    atac = _find_modality(mdata, args.atac_mod, ATAC_MODS, "--atac-mod")
+    label_key, labels = _find_column(mdata, args.label_key, LABEL_KEYS, "--label-key", (rna, atac))
+    batch_key, batches = _find_column(mdata, args.batch_key, BATCH_KEYS, "--batch-key", (rna, atac))
     rng = np.random.default_rng(args.seed)
     if args.n_cells and mdata.n_obs > args.n_cells:
         keep = np.sort(rng.choice(mdata.n_obs, size=args.n_cells, replace=False))
         names = mdata.obs_names[keep]
-        mods = {
-            m: a[a.obs_names.isin(names)].copy()
-            for m, a in mdata.mod.items()
-            if m in ("rna", "atac")
-        }
     else:
         names = mdata.obs_names
-        mods = {m: mdata.mod[m].copy() for m in ("rna", "atac")}
-    for mod, layer in (("rna", args.rna_layer), ("atac", args.atac_layer)):
-        adata = mods[mod]
+    mods, used = {}, {}
+    for name, source_mod, layer, option in (
+        ("rna", rna, args.rna_layer, "--rna-layer"),
+        ("atac", atac, args.atac_layer, "--atac-layer"),
+    ):
+        adata = mdata.mod[source_mod]
+        adata = adata[adata.obs_names.isin(names)]
+        where, x = _counts(adata, layer, source_mod, option)
+        adata = anndata.AnnData(
+            sparse.csr_matrix(x, dtype=np.float32), obs=adata.obs.copy(), var=adata.var.copy()
+        )
         adata.var_names_make_unique()  # gene symbols repeat in real files
-        if layer is not None:
-            adata.X = adata.layers[layer]
-        adata.X = sparse.csr_matrix(adata.X, dtype=np.float32)
-        adata.layers.clear()
         if args.min_feature_frac > 0:
             n_cells_seen = np.asarray((adata.X > 0).sum(axis=0)).ravel()
-            mods[mod] = adata[:, n_cells_seen >= args.min_feature_frac * adata.n_obs].copy()
+            adata = adata[:, n_cells_seen >= args.min_feature_frac * adata.n_obs].copy()
+        mods[name] = adata
+        used[name] = f"mod[{source_mod!r}].{where}"
     obs = pd.DataFrame(index=names)
-    obs[LABEL] = labels.reindex(names).to_numpy()
+    obs[LABEL] = None if labels is None else labels.reindex(names).to_numpy()
     obs[BATCH] = "all" if batches is None else batches.reindex(names).astype(str).to_numpy()
     with mudata.set_options(pull_on_update=False):
         mdata = mudata.MuData(mods, obs=obs)
@@ -195,6 +323,7 @@ def _read_real(path: Path, args: argparse.Namespace):
     mdata = mvae_sc.datasets.hide_modality(
         mdata, "rna", frac=HIDE_FRAC / (1 - HIDE_FRAC), seed=args.seed + 1
     )
+    mdata.uns[READ_INFO] = {"counts": used, "label_key": label_key, "batch_key": batch_key}
     return mdata
 
 
@@ -210,7 +339,7 @@ def load_dataset(args: argparse.Namespace):
         mdata.obs[LABEL] = mdata.obs["cell_type"].astype(str)
         mdata.obs[BATCH] = mdata.obs["batch"].astype(str)
     else:
-        mdata = _read_real(Path(args.dataset), args)
+        mdata = _read_real(args.dataset, args)
     mdata.obs[MODALITY] = _modality_labels(mdata)
     return mdata
 
@@ -511,13 +640,14 @@ def _child_command(args: argparse.Namespace, method: str, out: str) -> list[str]
         str(args.n_cells),
         "--seed",
         str(args.seed),
-        "--label-key",
-        args.label_key,
         "--min-feature-frac",
         str(args.min_feature_frac),
     ]
     for flag, value in (
+        ("--label-key", args.label_key),
         ("--batch-key", args.batch_key),
+        ("--rna-mod", args.rna_mod),
+        ("--atac-mod", args.atac_mod),
         ("--model-seed", args.model_seed),
         ("--max-epochs", args.max_epochs),
         ("--multivi-max-epochs", args.multivi_max_epochs),
@@ -578,18 +708,18 @@ def compute_metrics(mdata, arrays: dict, seed: int) -> dict:
     latent = arrays["latent"].astype(np.float64)
     labelled = pd.notna(mdata.obs[LABEL]).to_numpy()
     z, y = latent[labelled], labels[labelled].astype(str)
-    result: dict[str, float | None] = {}
-    clustering = metrics.leiden_ari_nmi(z, y, seed=seed)
-    result["ari"], result["nmi"] = clustering["ari"], clustering["nmi"]
-    result["leiden_resolution"] = clustering["resolution"]
-    result["silhouette_label"] = metrics.silhouette_label(z, y, seed=seed)
-    ro = labelled & (modality == "rna_only")
-    ao = labelled & (modality == "atac_only")
-    result["knn_rna_only_to_atac_only"] = (
-        metrics.knn_label_agreement(latent[ro], labels[ro], latent[ao], labels[ao])
-        if ro.any() and ao.any()
-        else None
-    )
+    result: dict[str, float | None] = dict.fromkeys(LABEL_ROWS)
+    if len(np.unique(y)) > 1:  # data without cell types: the label rows stay n/a
+        clustering = metrics.leiden_ari_nmi(z, y, seed=seed)
+        result["ari"], result["nmi"] = clustering["ari"], clustering["nmi"]
+        result["leiden_resolution"] = clustering["resolution"]
+        result["silhouette_label"] = metrics.silhouette_label(z, y, seed=seed)
+        ro = labelled & (modality == "rna_only")
+        ao = labelled & (modality == "atac_only")
+        if ro.any() and ao.any():
+            result["knn_rna_only_to_atac_only"] = metrics.knn_label_agreement(
+                latent[ro], labels[ro], latent[ao], labels[ao]
+            )
     mixing = _batch_mixing(latent, batches, seed)
     if mixing:
         result.update(mixing, batch_predictability_chance=1.0 / len(pd.unique(batches)))
@@ -839,7 +969,8 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict:
     description = (
         f"{mdata.n_obs} cells ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
         f"{mdata.mod['rna'].n_vars} genes, {mdata.mod['atac'].n_vars} peaks, "
-        f"{mdata.obs[BATCH].nunique()} batch(es), {mdata.obs[LABEL].nunique()} cell types"
+        f"{mdata.obs[BATCH].nunique()} batch(es), "
+        + (f"{n_types} cell types" if (n_types := mdata.obs[LABEL].nunique()) else "no labels")
     )
     print(f"[compare_multivi] {name}: {description}", flush=True)  # noqa: T201
     report: dict = {
@@ -848,7 +979,12 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict:
         "seed": args.seed,
         "model_seed": _model_seed(args),
         "command": " ".join(["python", "benchmarks/compare_multivi.py", *argv]),
-        "data": {"source": args.dataset, "description": description, "modalities": counts},
+        "data": {
+            "source": args.dataset,
+            "description": description,
+            "modalities": counts,
+            **mdata.uns.get(READ_INFO, {}),
+        },
         "machine": machine_info(),
         "versions": package_versions(),
         "git": git_state(),
@@ -864,6 +1000,14 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict:
         report["notes"].append(
             f"MultiVI capped at {args.multivi_max_epochs} epochs (--multivi-max-epochs) so "
             "that it finishes on this machine; its default budget is 500 epochs."
+        )
+    read = mdata.uns.get(READ_INFO)
+    if read:
+        report["notes"].append(
+            "Read: counts from "
+            + ", ".join(read["counts"].values())
+            + f"; cell types from {read['label_key'] or 'nowhere (label rows n/a)'}; "
+            + f"batches from {read['batch_key'] or 'nowhere (one batch)'}."
         )
     if _true_factors(mdata) is not None:  # synthetic data: the truth is known
         from mvae_sc import metrics
@@ -945,8 +1089,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dataset",
         default="synthetic",
-        help="'synthetic', a path to a .h5mu file, or 'shared' for every *.h5mu in "
-        f"{SHARED_DATA} (default: synthetic)",
+        help="'synthetic'; a .h5mu file; a Cell Ranger ARC filtered_feature_bc_matrix.h5; "
+        "a data registry name (mvae_sc.datasets.available(), read from its checksummed "
+        f"cache); or 'shared' for every .h5mu and .h5 under {SHARED_DATA} (default: synthetic)",
     )
     parser.add_argument(
         "--n-cells",
@@ -970,13 +1115,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="methods to run (default: both)",
     )
     parser.add_argument(
-        "--label-key", default="cell_type", help="obs column of cell types (real data)"
+        "--label-key",
+        default=None,
+        help="obs column of cell types (real data; default: the first of "
+        f"{', '.join(LABEL_KEYS)} present; '{NO_KEY}': no labels, label rows n/a)",
     )
-    parser.add_argument("--batch-key", default=None, help="obs column of batches (real data)")
-    parser.add_argument("--rna-layer", default=None, help="RNA counts layer (real data; default X)")
     parser.add_argument(
-        "--atac-layer", default=None, help="ATAC counts layer (real data; default X)"
+        "--batch-key",
+        default=None,
+        help="obs column of batches (real data; default: the first of "
+        f"{', '.join(BATCH_KEYS)} present; '{NO_KEY}': one batch)",
     )
+    parser.add_argument(
+        "--rna-mod",
+        default=None,
+        help=f"RNA modality (real data; default: the first of {', '.join(RNA_MODS)}, any case)",
+    )
+    parser.add_argument(
+        "--atac-mod",
+        default=None,
+        help=f"ATAC modality (real data; default: the first of {', '.join(ATAC_MODS)}, any case)",
+    )
+    counts_help = (
+        "counts layer (real data; default: X when it holds whole numbers, else the first "
+        f"layer of {', '.join(COUNT_LAYERS)})"
+    )
+    parser.add_argument("--rna-layer", default=None, help=f"RNA {counts_help}")
+    parser.add_argument("--atac-layer", default=None, help=f"ATAC {counts_help}")
     parser.add_argument(
         "--min-feature-frac",
         type=float,
@@ -1019,6 +1184,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def shared_files(folder: Path) -> list[Path]:
+    """Every .h5mu and .h5 file under `folder`, in sub-folders too (one per data set)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.suffix in (".h5mu", ".h5") and p.is_file())
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -1038,9 +1210,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke and args.dataset != "synthetic":
         sys.exit("--smoke runs on the synthetic data only")
     if args.dataset == "shared":
-        files = sorted(SHARED_DATA.glob("*.h5mu")) if SHARED_DATA.is_dir() else []
+        files = shared_files(SHARED_DATA)
         if not files:
-            print(f"[compare_multivi] no *.h5mu in {SHARED_DATA}; nothing to compare")  # noqa: T201
+            print(f"[compare_multivi] no .h5mu or .h5 under {SHARED_DATA}; nothing to compare")  # noqa: T201
             return
         datasets = [str(f) for f in files]
     else:

@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -22,6 +23,25 @@ def _run(command: list[str]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _compare_multivi():
+    """The comparison script, imported as a module."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import compare_multivi
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return compare_multivi
+
+
+def _paired_source(n_cells: int = 700, seed: int = 3):
+    """Paired synthetic multiome counts, the shape of a real multiome experiment."""
+    import mvae_sc
+
+    return mvae_sc.datasets.synthetic_multiome(
+        n_cells, n_genes=200, n_peaks=600, frac_rna_only=0, frac_atac_only=0, seed=seed
+    )
 
 
 def test_compare_multivi_smoke(tmp_path):
@@ -51,11 +71,7 @@ def test_compare_multivi_one_method_and_model_seed(tmp_path):
     assert "| metric | better | mvae_sc |\n" in (tmp_path / f"{stem}.md").read_text()
     assert report["model_seed"] == 3 and set(report["methods"]) == {"mvae_sc"}
 
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import compare_multivi as cm
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    cm = _compare_multivi()
     args = cm.parse_args(["--smoke", "--model-seed", "3"])
     child = cm._child_command(args, "mvae_sc", "out")
     assert child[child.index("--model-seed") + 1] == "3" and cm._model_seed(args) == 3
@@ -80,11 +96,7 @@ def test_compare_multivi_on_a_real_style_h5mu(tmp_path):
     import mudata
     import scanpy as sc
 
-    import mvae_sc
-
-    source = mvae_sc.datasets.synthetic_multiome(
-        700, n_genes=200, n_peaks=600, frac_rna_only=0, frac_atac_only=0, seed=3
-    )
+    source = _paired_source()
     mods = {}
     for name in ("rna", "atac"):
         adata = source.mod[name].copy()
@@ -110,6 +122,122 @@ def test_compare_multivi_on_a_real_style_h5mu(tmp_path):
         assert 0 <= scores[key] <= 1, (key, scores[key])
     assert -1 <= scores["rna_pearson_cell_atac_only"] <= 1
     assert scores.get("within_type_factor_r2") is None  # no simulator truth in a file
+
+
+def test_compare_multivi_on_a_cell_ranger_file_without_labels(tmp_path):
+    """A Cell Ranger ARC filtered_feature_bc_matrix.h5, the form of the registry's real
+    data sets: no cell types, one batch. The script reads it, scores everything that
+    needs no labels and reports the label and batch rows as n/a."""
+    from _tenx import write_10x_matrix
+    from scipy import sparse
+
+    source = _paired_source()
+    rna, atac = source.mod["rna"], source.mod["atac"]
+    peaks = [f"chr1:{100 * i}-{100 * i + 50}" for i in range(atac.n_vars)]
+    write_10x_matrix(
+        tmp_path / "pbmc_filtered_feature_bc_matrix.h5",
+        sparse.hstack([rna.X, atac.X]),
+        barcodes=[f"{name}-1" for name in source.obs_names],
+        ids=[f"ENSG{i:011d}" for i in range(rna.n_vars)] + peaks,
+        names=list(rna.var_names) + peaks,
+        feature_types=["Gene Expression"] * rna.n_vars + ["Peaks"] * atac.n_vars,
+        intervals=["chr1:1-2"] * rna.n_vars + peaks,
+    )
+    command = [sys.executable, str(SCRIPT), "--dataset"]
+    command += [str(tmp_path / "pbmc_filtered_feature_bc_matrix.h5"), "--n-cells", "500"]
+    command += ["--methods", "mvae_sc", "--max-epochs", "2", "--out-dir", str(tmp_path)]
+    _run(command)
+    stem = "compare_multivi_pbmc_filtered_feature_bc_matrix_n500"
+    report = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert report["data"]["modalities"] == {"paired": 300, "rna_only": 100, "atac_only": 100}
+    assert report["data"]["label_key"] is None and report["data"]["batch_key"] is None
+    assert report["data"]["counts"] == {"rna": "mod['rna'].X", "atac": "mod['atac'].X"}
+    scores = report["methods"]["mvae_sc"]["metrics"]
+    for key in ("ari", "nmi", "silhouette_label", "knn_rna_only_to_atac_only", "ilisi"):
+        assert scores[key] is None, key
+    for key in ("modality_entropy", "foscttm_paired", "atac_auroc_rna_only"):
+        assert 0 <= scores[key] <= 1, (key, scores[key])
+    table = (tmp_path / f"{stem}.md").read_text()
+    assert "| Leiden ARI vs cell type | ↑ | n/a |" in table
+    assert "no labels" in table
+
+
+def test_compare_multivi_finds_keys_layers_and_modality_names(tmp_path):
+    """Where the command line does not name them, the script finds the cell-type and
+    batch columns, the counts layer and the modalities under common names, records what
+    it used, and says what to pass when it cannot find raw counts or a named column."""
+    import mudata
+    import scanpy as sc
+
+    cm = _compare_multivi()
+    source = _paired_source(400)
+    mods = {}
+    for name, new_name in (("rna", "RNA"), ("atac", "Peaks")):
+        adata = source.mod[name].copy()
+        adata.obs = adata.obs[["cell_type"]].rename(columns={"cell_type": "celltype"})
+        adata.layers["counts"] = adata.X.copy()
+        sc.pp.normalize_total(adata)
+        sc.pp.log1p(adata)  # X normalised, counts in a layer, as after a Scanpy workflow
+        mods[new_name] = adata
+    obs = source.obs[["batch"]].rename(columns={"batch": "sample"})
+    with mudata.set_options(pull_on_update=False):
+        mudata.MuData(mods, obs=obs).write(tmp_path / "lab.h5mu")
+    path = str(tmp_path / "lab.h5mu")
+
+    data = cm.load_dataset(cm.parse_args(["--dataset", path, "--min-feature-frac", "0"]))
+    read = data.uns[cm.READ_INFO]
+    assert read == {
+        "counts": {"rna": "mod['RNA'].layers['counts']", "atac": "mod['Peaks'].layers['counts']"},
+        "label_key": "celltype",
+        "batch_key": "sample",
+    }
+    truth = source.obs.reindex(data.obs_names)
+    assert (data.obs[cm.LABEL].astype(str) == truth["cell_type"].astype(str)).all()
+    assert (data.obs[cm.BATCH] == truth["batch"].astype(str)).all()
+    rna = data.mod["rna"]
+    expected = source.mod["rna"][rna.obs_names].X.toarray()
+    np.testing.assert_array_equal(rna.X.toarray(), expected)  # the raw counts, not X
+
+    errors = [
+        (["--label-key", "cell_type"], "no obs column 'cell_type' .*celltype"),
+        (["--batch-key", "donor"], "no obs column 'donor' .*--batch-key none"),
+        (["--rna-layer", "X_counts"], "no layer 'X_counts'.*counts"),
+        (["--atac-mod", "atac"], r"no modality 'atac' \(--atac-mod\).*Peaks"),
+    ]
+    for extra, match in errors:
+        with pytest.raises(ValueError, match=match):
+            cm.load_dataset(cm.parse_args(["--dataset", path, *extra]))
+    # no raw counts anywhere: a clear error, before any training
+    del mods["RNA"].layers["counts"]
+    with mudata.set_options(pull_on_update=False):
+        mudata.MuData(mods, obs=obs).write(tmp_path / "normalised.h5mu")
+    with pytest.raises(ValueError, match="'RNA': X holds non-integer values.*--rna-layer"):
+        cm.load_dataset(cm.parse_args(["--dataset", str(tmp_path / "normalised.h5mu")]))
+    # without labels the label rows are n/a, and ``none`` turns the search off
+    data = cm.load_dataset(cm.parse_args(["--dataset", path, "--label-key", "none"]))
+    assert data.obs[cm.LABEL].isna().all() and data.uns[cm.READ_INFO]["label_key"] is None
+
+
+def test_compare_multivi_shared_takes_every_multiome_file_in_sub_folders(tmp_path):
+    cm = _compare_multivi()
+    files = ["a/PROVENANCE.txt", "a/a.h5mu", "b/b_filtered_feature_bc_matrix.h5", "c.h5ad"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("")
+    assert cm.shared_files(tmp_path) == [tmp_path / files[1], tmp_path / files[2]]
+    assert cm.shared_files(tmp_path / "absent") == []
+
+
+def test_compare_multivi_reads_a_registry_name(monkeypatch):
+    """``--dataset pbmc3k_multiome`` goes through the registry (its checksummed cache)."""
+    import mvae_sc
+
+    cm = _compare_multivi()
+    source, calls = _paired_source(60), []
+    monkeypatch.setattr(mvae_sc.datasets, "load", lambda name: calls.append(name) or source)
+    assert cm._read_file("pbmc3k_multiome") is source and calls == ["pbmc3k_multiome"]
+    with pytest.raises(ValueError, match="neither a file .* nor a data set of the registry"):
+        cm._read_file("no_such_data")
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")

@@ -10,6 +10,7 @@ import mudata
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from _tenx import write_10x_matrix
 
 from mvae_sc.io import read_10x_multiome
 
@@ -41,7 +42,6 @@ def write_10x_h5(
     n_features = n_genes + n_peaks + n_prot
     dense = rng.poisson(0.8, size=(n_barcodes, n_features)).astype(np.int32)
     dense[:, n_genes : n_genes + n_peaks] = rng.random((n_barcodes, n_peaks)) < 0.2
-    csc = sp.csc_matrix(dense.T)  # features x barcodes, stored CSC as Cell Ranger does
     gene_names = [f"GENE{i}" for i in range(n_genes)]
     if duplicate_gene and n_genes > 1:
         gene_names[1] = gene_names[0]  # real files have duplicated symbols
@@ -53,22 +53,15 @@ def write_10x_h5(
     intervals = (
         [f"chr1:{100 * i}-{100 * i + 50}" for i in range(n_genes)] + peak_ids + ["NA"] * n_prot
     )
-    with h5py.File(path, "w") as f:
-        matrix = f.create_group("matrix")
-        matrix.create_dataset(
-            "barcodes", data=np.array([f"AAAC{i:04d}-1" for i in range(n_barcodes)], dtype="S")
-        )
-        matrix.create_dataset("data", data=csc.data.astype(np.int32))
-        matrix.create_dataset("indices", data=csc.indices.astype(np.int64))
-        matrix.create_dataset("indptr", data=csc.indptr.astype(np.int64))
-        matrix.create_dataset("shape", data=np.array([n_features, n_barcodes], dtype=np.int32))
-        features = matrix.create_group("features")
-        features.create_dataset("_all_tag_keys", data=np.array(["genome", "interval"], dtype="S"))
-        features.create_dataset("feature_type", data=np.array(types, dtype="S"))
-        features.create_dataset("genome", data=np.array(["GRCh38"] * n_features, dtype="S"))
-        features.create_dataset("id", data=np.array(ids, dtype="S"))
-        features.create_dataset("name", data=np.array(names, dtype="S"))
-        features.create_dataset("interval", data=np.array(intervals, dtype="S"))
+    write_10x_matrix(
+        path,
+        dense,
+        barcodes=[f"AAAC{i:04d}-1" for i in range(n_barcodes)],
+        ids=ids,
+        names=names,
+        feature_types=types,
+        intervals=intervals,
+    )
     return dense
 
 
