@@ -78,6 +78,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -955,7 +956,8 @@ def write_figure(report: dict, path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlim(0, 1.12)
     ax.set_xlabel("score (↑ higher is better, ↓ lower is better)")
-    ax.set_title(f"mvae_sc vs MultiVI: {report['dataset']}, {report['n_cells']} cells", fontsize=10)
+    title = f"mvae_sc vs MultiVI: {report['dataset']}, {report['n_cells']} cells"
+    ax.set_title("\n".join(textwrap.wrap(title, 55)), fontsize=10)  # long file names
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
