@@ -228,6 +228,28 @@ def test_compare_multivi_shared_takes_every_multiome_file_in_sub_folders(tmp_pat
     assert cm.shared_files(tmp_path / "absent") == []
 
 
+def test_realistic_h5mu_goes_through_the_real_data_path(tmp_path):
+    """benchmarks/realistic_h5mu.py writes paired counts with cell_type and batch, which
+    the comparison reads as it reads an annotated real file."""
+    out = tmp_path / "wide.h5mu"
+    command = [sys.executable, str(SCRIPT.parent / "realistic_h5mu.py"), "--out", str(out)]
+    _run(command + ["--n-cells", "200", "--n-genes", "300", "--n-peaks", "900"])
+    cm = _compare_multivi()
+    data = cm.load_dataset(cm.parse_args(["--dataset", str(out), "--min-feature-frac", "0"]))
+    assert data.uns[cm.READ_INFO] == {
+        "counts": {"rna": "mod['rna'].X", "atac": "mod['atac'].X"},
+        "label_key": "cell_type",
+        "batch_key": "batch",
+    }
+    assert data.mod["rna"].n_vars == 300 and data.mod["atac"].n_vars == 900
+    assert data.obs[cm.MODALITY].value_counts().to_dict() == {
+        "paired": 120,
+        "rna_only": 40,
+        "atac_only": 40,
+    }
+    assert data.obs[cm.BATCH].nunique() == 2 and data.obs[cm.LABEL].nunique() > 2
+
+
 def test_compare_multivi_reads_a_registry_name(monkeypatch):
     """``--dataset pbmc3k_multiome`` goes through the registry (its checksummed cache)."""
     import mvae_sc
