@@ -228,6 +228,14 @@ def test_compare_multivi_shared_takes_every_multiome_file_in_sub_folders(tmp_pat
     assert cm.shared_files(tmp_path / "absent") == []
 
 
+def test_compare_multivi_shared_without_data_says_so(tmp_path, monkeypatch, capsys):
+    cm = _compare_multivi()
+    monkeypatch.setattr(cm, "SHARED_DATA", tmp_path / "data")
+    cm.main(["--dataset", "shared", "--methods", "mvae_sc", "--out-dir", str(tmp_path)])
+    assert "no .h5mu or .h5 under" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.json"))
+
+
 def test_realistic_h5mu_goes_through_the_real_data_path(tmp_path):
     """benchmarks/realistic_h5mu.py writes paired counts with cell_type and batch, which
     the comparison reads as it reads an annotated real file."""
