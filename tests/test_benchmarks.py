@@ -85,6 +85,19 @@ def test_compare_multivi_one_method_and_model_seed(tmp_path):
     assert 0 < reference["batch_entropy_true_latent"] <= 1
     assert 0 < reference["ilisi_true_latent"] <= 1
     assert 0.5 <= reference["batch_predictability_true_latent"] < 0.7  # no batch effect
+    # the feature means' scores: above chance (peaks differ in openness), and recomputed
+    # by hand here for the ATAC row
+    mean_only = reference["atac_auroc_rna_only_feature_means"]
+    assert 0.55 < mean_only < 0.95
+    assert 0 < reference["rna_pearson_cell_atac_only_feature_means"] < 1
+    from sklearn.metrics import roc_auc_score
+
+    import mvae_sc
+
+    truth = mvae_sc.datasets.heldout(data, "atac").X.toarray() > 0
+    rate = np.asarray((data.mod["atac"].X > 0).mean(0)).ravel()
+    by_hand = roc_auc_score(truth.ravel(), np.tile(rate, (truth.shape[0], 1)).ravel())
+    assert mean_only == pytest.approx(by_hand, abs=1e-4)
     assert any("no batch effect" in note for note in report["notes"])
 
 
