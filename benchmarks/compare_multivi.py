@@ -184,8 +184,9 @@ def _obs_keys(mdata, mods: tuple[str, ...]) -> list[str]:
     return keys
 
 
-def _obs_column(mdata, key: str, mods: tuple[str, ...] = ("rna", "atac")) -> pd.Series | None:
-    """An obs column of the MuData, or of its modalities (the first first), aligned to cells."""
+def _obs_column(mdata, key: str, mods: tuple[str, ...]) -> pd.Series | None:
+    """An obs column of the MuData, or of its modalities `mods` (the first first), aligned
+    to cells."""
     if key in mdata.obs.columns:
         return mdata.obs[key]
     values = pd.Series(np.nan, index=mdata.obs_names, dtype=object)
