@@ -280,6 +280,15 @@ def _read_file(source: str):
     )
 
 
+def _true_latent(mdata) -> tuple[pd.DataFrame, list[str]] | None:
+    """The simulator's truth of a simulated file, by cell, with its column names."""
+    columns = mdata.uns.get("synthetic_multiome", {}).get("true_latent_columns")
+    if columns is None or "true_latent" not in mdata.obsm:
+        return None
+    values = np.asarray(mdata.obsm["true_latent"])
+    return pd.DataFrame(values, index=mdata.obs_names), [str(c) for c in columns]
+
+
 def _read_real(source: str, args: argparse.Namespace):
     import anndata
     import mudata
@@ -318,7 +327,11 @@ def _read_real(source: str, args: argparse.Namespace):
     obs[LABEL] = None if labels is None else labels.reindex(names).to_numpy()
     obs[BATCH] = "all" if batches is None else batches.reindex(names).astype(str).to_numpy()
     with mudata.set_options(pull_on_update=False):
+        truth = _true_latent(mdata)
         mdata = mudata.MuData(mods, obs=obs)
+    if truth is not None:  # a simulated file (realistic_h5mu.py) keeps its truth
+        mdata.obsm["true_latent"] = truth[0].loc[names].to_numpy()
+        mdata.uns["synthetic_multiome"] = {"true_latent_columns": truth[1]}
     # Hide ATAC from 20% of the paired cells, then RNA from 20% of the original paired
     # cells among those still paired (0.2 / 0.8 of them): 60/20/20 with held-out truth.
     mdata = mvae_sc.datasets.hide_modality(mdata, "atac", frac=HIDE_FRAC, seed=args.seed)
@@ -680,11 +693,11 @@ def run_method(args: argparse.Namespace, method: str, workdir: str) -> tuple[dic
 
 def _true_factors(mdata) -> np.ndarray | None:
     """The simulator's continuous within-type factors (synthetic data only)."""
-    columns = mdata.uns.get("synthetic_multiome", {}).get("true_latent_columns")
-    if columns is None or "true_latent" not in mdata.obsm:
+    truth = _true_latent(mdata)
+    if truth is None:
         return None
-    keep = [i for i, name in enumerate(columns) if str(name).startswith("factor_")]
-    return np.asarray(mdata.obsm["true_latent"])[:, keep]
+    keep = [i for i, name in enumerate(truth[1]) if name.startswith("factor_")]
+    return truth[0].to_numpy()[:, keep]
 
 
 def _batch_mixing(latent: np.ndarray, batches: np.ndarray, seed: int) -> dict:

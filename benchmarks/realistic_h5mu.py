@@ -9,7 +9,8 @@ Usage::
 Every cell is paired (as in a Cell Ranger ARC output), with 36,000 genes and 108,000
 peaks by default (GRCh38 has 36,601 genes; the 10x PBMC files about 108,000 peaks), raw
 counts in X, and ``obs["cell_type"]`` and ``obs["batch"]`` (2 batches) as an annotated
-data set has them. ``compare_multivi.py`` then filters features as it does for real
+data set has them, plus the simulator's truth (``obsm["true_latent"]``), from which the
+comparison scores its within-type R² row and the true latent's references. ``compare_multivi.py`` then filters features as it does for real
 data (1% of cells: about 25,000 genes and 86,000 peaks remain) and hides modalities to
 make its 60/20/20 mosaic with held-out truth.
 """
@@ -47,7 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     for adata in mods.values():
         adata.obs = adata.obs[[]]
     obs = source.obs[["cell_type", "batch"]].copy()
-    mudata.MuData(mods, obs=obs).write(args.out)
+    out = mudata.MuData(mods, obs=obs)
+    # the simulator's truth, which compare_multivi.py scores the within-type R² row on
+    out.obsm["true_latent"] = source.obsm["true_latent"]
+    columns = source.uns["synthetic_multiome"]["true_latent_columns"]
+    out.uns["synthetic_multiome"] = {"true_latent_columns": list(columns)}
+    out.write(args.out)
     print(f"wrote {args.out}")  # noqa: T201
 
 

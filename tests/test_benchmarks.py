@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import mudata
 import numpy as np
 import pytest
 
@@ -269,6 +270,12 @@ def test_realistic_h5mu_goes_through_the_real_data_path(tmp_path):
         "atac_only": 40,
     }
     assert data.obs[cm.BATCH].nunique() == 2 and data.obs[cm.LABEL].nunique() > 2
+    # the simulator's truth follows each cell, so the within-type R² row can be scored
+    source = mudata.read_h5mu(out)
+    factors = cm._true_factors(data)
+    assert factors is not None and factors.shape == (200, 3)
+    rows = source.obs_names.get_indexer(data.obs_names)
+    np.testing.assert_array_equal(data.obsm["true_latent"], source.obsm["true_latent"][rows])
 
 
 def test_compare_multivi_reads_a_registry_name(monkeypatch):
