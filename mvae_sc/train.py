@@ -27,10 +27,10 @@ DISCRIMINATOR_LR_FACTOR = 30.0
 DEVICE_DATA_SHARE = 0.5
 
 
-# glibc's mallopt parameters (malloc.h) and the values used while training.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD = 32 * 1024**2  # glibc's largest: blocks up to this come from the heap
-_TRIM_THRESHOLD_TRAINING = 1024**3
+# glibc's mallopt parameters (malloc.h) and the values used around training.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_MMAP_THRESHOLD = 32 * 1024**2  # glibc's largest threshold for mapping a block itself
+_MMAP_MAX_DEFAULT = 65536  # glibc's default number of blocks it maps itself
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -51,23 +51,27 @@ def reuse_freed_memory() -> Iterator[None]:
     no-op elsewhere).
 
     A step allocates and frees hundreds of MB of (cells x features) tensors. By default
-    glibc maps large blocks afresh and trims its heap whenever more than a few tens of MB
-    are free, so every step touches new pages, and the page faults took about a quarter
-    of a CPU step at 70,000 features (``benchmarks/profile_step.py``). Inside this
-    context, blocks up to 32 MB come from the heap and up to 1 GB of free heap is kept for
-    the next step; this does not raise the peak. On exit the trim threshold goes back to
-    what glibc's own adaptation reaches after such blocks (64 MB) and the free memory is
-    handed back (``malloc_trim``).
+    glibc maps every block of more than 32 MB afresh (its largest threshold; one such
+    tensor is 128 cells x 65,536 features) and trims its heap whenever more than a few
+    tens of MB are free, so every step touches new pages: the page faults took about a
+    quarter of a CPU step at 70,000 features and a fifth at 110,000
+    (``benchmarks/profile_step.py``). Inside this context every block comes from the
+    heap and the heap is never trimmed, so a step reuses the pages of the one before;
+    the heap does not grow beyond the largest step, so this does not raise the peak. On
+    exit glibc's settings go back to what its own adaptation reaches after such blocks
+    and the free memory is handed back (``malloc_trim``).
     """
     libc = _glibc()
     if libc is None:
         yield
         return
-    libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-    libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_TRAINING)
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, -1)  # -1: never trim
     try:
         yield
     finally:
+        libc.mallopt(_M_MMAP_MAX, _MMAP_MAX_DEFAULT)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
         libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD)
         libc.malloc_trim(0)
 
