@@ -10,9 +10,10 @@ Every cell is paired (as in a Cell Ranger ARC output), with 36,000 genes and 108
 peaks by default (GRCh38 has 36,601 genes; the 10x PBMC files about 108,000 peaks), raw
 counts in X, and ``obs["cell_type"]`` and ``obs["batch"]`` (2 batches) as an annotated
 data set has them, plus the simulator's truth (``obsm["true_latent"]``), from which the
-comparison scores its within-type R² row and the true latent's references. ``compare_multivi.py`` then filters features as it does for real
-data (1% of cells: about 25,000 genes and 86,000 peaks remain) and hides modalities to
-make its 60/20/20 mosaic with held-out truth.
+comparison scores its within-type R² row and the true latent's references.
+``compare_multivi.py`` then filters features as it does for real data (1% of cells:
+about 25,000 genes and 86,000 peaks remain) and hides modalities to make its 60/20/20
+mosaic with held-out truth.
 """
 
 from __future__ import annotations
