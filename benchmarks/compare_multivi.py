@@ -1127,6 +1127,33 @@ def write_outputs(report: dict, out_dir: Path, smoke: bool) -> list[Path]:
     return paths
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """One report of runs on the same data, each of other methods (e.g. run at the same
+    time, or with other budgets): the first run's header, every run's methods, commands
+    and notes, and a note naming each method's run. Refused when a method appears twice
+    or the data differ (the fingerprint of the cells and features)."""
+    merged = dict(reports[0])
+    merged["methods"], commands, notes, origins = {}, [], [], []
+    for report in reports:
+        for method, result in report["methods"].items():
+            if method in merged["methods"]:
+                raise ValueError(f"{method} is in more than one report; merge one run of each")
+            merged["methods"][method] = result
+            commit = ((report.get("git") or {}).get("commit") or "not recorded")[:7]
+            origins.append(f"{method} code of {commit}")
+        if report["command"] not in commands:
+            commands.append(report["command"])
+        notes += [note for note in report.get("notes", []) if note not in notes]
+    fingerprints = {result["fingerprint"] for result in merged["methods"].values()}
+    if len(fingerprints) > 1:
+        raise ValueError(f"the reports are of different data (fingerprints {sorted(fingerprints)})")
+    merged["command"] = " ; ".join(commands)
+    merged["notes"] = notes + [
+        f"Merged from {len(reports)} runs on the same data ({', '.join(origins)})."
+    ]
+    return merged
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1220,6 +1247,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="only rewrite the .md and .png next to this report .json",
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only merge these report .json files (runs of other methods on the same "
+        "data) into one report in --out-dir",
+    )
     parser.add_argument("--method", choices=METHODS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1246,6 +1281,11 @@ def main(argv: list[str] | None = None) -> None:
         report = json.loads(args.render.read_text())
         write_markdown(report, args.render.with_suffix(".md"))
         write_figure(report, args.render.with_suffix(".png"))
+        return
+    if args.merge is not None:
+        report = merge_reports([json.loads(path.read_text()) for path in args.merge])
+        for path in write_outputs(report, args.out_dir, smoke=False):
+            print(f"[compare_multivi] wrote {path}")  # noqa: T201
         return
     if "multivi" in args.methods:
         try:

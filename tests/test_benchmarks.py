@@ -101,6 +101,27 @@ def test_compare_multivi_one_method_and_model_seed(tmp_path):
     assert mean_only == pytest.approx(by_hand, abs=1e-4)
     assert any("no batch effect" in note for note in report["notes"])
 
+    # --merge: runs of other methods on the same data become one report (here the same
+    # run under another name stands in for MultiVI's, with its own command)
+    other = {**report, "command": "python compare_multivi.py --methods multivi"}
+    other["methods"] = {"multivi": report["methods"]["mvae_sc"]}
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, part in zip(paths, (report, other), strict=True):
+        path.write_text(json.dumps(part))
+    merged_dir = tmp_path / "merged"
+    cm.main(["--merge", *map(str, paths), "--out-dir", str(merged_dir)])
+    merged = json.loads((merged_dir / f"{stem.removesuffix('_smoke')}.json").read_text())
+    assert list(merged["methods"]) == ["mvae_sc", "multivi"]
+    assert merged["command"] == f"{report['command']} ; {other['command']}"
+    assert "Merged from 2 runs on the same data" in merged["notes"][-1]
+    table = (merged_dir / f"{stem.removesuffix('_smoke')}.md").read_text()
+    assert "| metric | better | mvae_sc | multivi |" in table
+    with pytest.raises(ValueError, match="more than one report"):
+        cm.merge_reports([report, report])
+    other["methods"] = {"multivi": {**report["methods"]["mvae_sc"], "fingerprint": "x"}}
+    with pytest.raises(ValueError, match="different data"):
+        cm.merge_reports([report, other])
+
 
 def test_compare_multivi_on_a_real_style_h5mu(tmp_path):
     """The path new data take (``--dataset FILE.h5mu``): every cell paired, counts in a
