@@ -326,12 +326,13 @@ def _read_real(source: str, args: argparse.Namespace):
     obs = pd.DataFrame(index=names)
     obs[LABEL] = None if labels is None else labels.reindex(names).to_numpy()
     obs[BATCH] = "all" if batches is None else batches.reindex(names).astype(str).to_numpy()
+    truth = _true_latent(mdata)
     with mudata.set_options(pull_on_update=False):
-        truth = _true_latent(mdata)
         mdata = mudata.MuData(mods, obs=obs)
     if truth is not None:  # a simulated file (realistic_h5mu.py) keeps its truth
-        mdata.obsm["true_latent"] = truth[0].loc[names].to_numpy()
-        mdata.uns["synthetic_multiome"] = {"true_latent_columns": truth[1]}
+        values, columns = truth
+        mdata.obsm["true_latent"] = values.loc[names].to_numpy()
+        mdata.uns["synthetic_multiome"] = {"true_latent_columns": columns}
     # Hide ATAC from 20% of the paired cells, then RNA from 20% of the original paired
     # cells among those still paired (0.2 / 0.8 of them): 60/20/20 with held-out truth.
     mdata = mvae_sc.datasets.hide_modality(mdata, "atac", frac=HIDE_FRAC, seed=args.seed)
@@ -696,8 +697,9 @@ def _true_factors(mdata) -> np.ndarray | None:
     truth = _true_latent(mdata)
     if truth is None:
         return None
-    keep = [i for i, name in enumerate(truth[1]) if name.startswith("factor_")]
-    return truth[0].to_numpy()[:, keep]
+    values, columns = truth
+    keep = [i for i, name in enumerate(columns) if name.startswith("factor_")]
+    return values.to_numpy()[:, keep]
 
 
 def _batch_mixing(latent: np.ndarray, batches: np.ndarray, seed: int) -> dict:
