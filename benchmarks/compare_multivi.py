@@ -425,6 +425,24 @@ def _model_seed(args: argparse.Namespace) -> int:
     return args.seed if args.model_seed is None else args.model_seed
 
 
+def mvae_sc_arrays(model, mdata) -> dict[str, np.ndarray]:
+    """What :func:`compute_metrics` scores, from a trained mvae_sc model: the joint
+    latent, each modality's latent of the paired cells, and the held-out cells'
+    imputations."""
+    import mvae_sc
+
+    paired = mdata.obs[MODALITY].to_numpy() == "paired"
+    atac_truth = mvae_sc.datasets.heldout(mdata, "atac")
+    rna_truth = mvae_sc.datasets.heldout(mdata, "rna")
+    return {
+        "latent": model.get_latent_representation(),
+        "latent_rna_paired": model.get_latent_representation(modality="rna")[paired],
+        "latent_atac_paired": model.get_latent_representation(modality="atac")[paired],
+        "imputed_atac": model.impute("atac")[mdata.obs_names.get_indexer(atac_truth.obs_names)],
+        "imputed_rna": model.impute("rna")[mdata.obs_names.get_indexer(rna_truth.obs_names)],
+    }
+
+
 def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
     import mvae_sc
 
@@ -442,16 +460,7 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
     train_seconds = time.perf_counter() - start
     rss_train = _peak_rss_mb()
     epochs = len(model.history)
-    paired = mdata.obs[MODALITY].to_numpy() == "paired"
-    atac_truth = mvae_sc.datasets.heldout(mdata, "atac")
-    rna_truth = mvae_sc.datasets.heldout(mdata, "rna")
-    arrays = {
-        "latent": model.get_latent_representation(),
-        "latent_rna_paired": model.get_latent_representation(modality="rna")[paired],
-        "latent_atac_paired": model.get_latent_representation(modality="atac")[paired],
-        "imputed_atac": model.impute("atac")[mdata.obs_names.get_indexer(atac_truth.obs_names)],
-        "imputed_rna": model.impute("rna")[mdata.obs_names.get_indexer(rna_truth.obs_names)],
-    }
+    arrays = mvae_sc_arrays(model, mdata)
     info = {
         "epochs": epochs,
         "max_epochs": max_epochs,
@@ -700,6 +709,18 @@ def _true_factors(mdata) -> np.ndarray | None:
     values, columns = truth
     keep = [i for i, name in enumerate(columns) if name.startswith("factor_")]
     return values.to_numpy()[:, keep]
+
+
+def true_latent_silhouette(mdata, seed: int) -> float | None:
+    """The cell-type silhouette of the simulator's true latent, where the data carry it
+    (synthetic data): the reference for that row."""
+    from mvae_sc import metrics
+
+    if _true_factors(mdata) is None:
+        return None
+    labels = mdata.obs[LABEL].astype(str).to_numpy()
+    true_latent = np.asarray(mdata.obsm["true_latent"], dtype=np.float64)
+    return metrics.silhouette_label(true_latent, labels, seed=seed)
 
 
 def _batch_mixing(latent: np.ndarray, batches: np.ndarray, seed: int) -> dict:
@@ -1059,13 +1080,8 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict:
         "rows above these are what the cell's own measurements add."
     )
     if _true_factors(mdata) is not None:  # synthetic data: the truth is known
-        from mvae_sc import metrics
-
-        labels = mdata.obs[LABEL].astype(str).to_numpy()
         true_latent = np.asarray(mdata.obsm["true_latent"], dtype=np.float64)
-        reference["silhouette_label_true_latent"] = metrics.silhouette_label(
-            true_latent, labels, seed=args.seed
-        )
+        reference["silhouette_label_true_latent"] = true_latent_silhouette(mdata, args.seed)
         report["notes"].append(
             "Reference: the simulator's true latent (program activities and within-type "
             "factors) has a cell-type silhouette of "

@@ -350,6 +350,30 @@ def test_profile_step_runs(tmp_path):
     assert report["ms_per_step_default_allocator"]["total"] > 0
 
 
+def test_quality_along_training_scores_each_snapshot(tmp_path):
+    """Each snapshot is scored with its own weights (the scores move between them), and
+    the early-stopping summary is the one Lightning's rule gives on the curve."""
+    out = tmp_path / "along.json"
+    command = [sys.executable, str(SCRIPT.with_name("quality_along_training.py"))]
+    command += ["--n-cells", "400", "--epochs", "4", "--every", "2", "--start", "2"]
+    _run(command + ["--out", str(out)])
+    report = json.loads(out.read_text())
+    assert sorted(report["snapshots"]) == ["2", "4"]
+    first, last = report["snapshots"]["2"], report["snapshots"]["4"]
+    assert first["foscttm_paired"] != last["foscttm_paired"]
+    assert 0 < report["reference"]["silhouette_label_true_latent"] < 1
+    assert len(report["validation_curve"]) == 4
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from quality_along_training import early_stop
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    # best at epoch 2; three epochs without improvement stop a patience-3 run at 5
+    assert early_stop([5.0, 3.0, 4.0, 3.0, 3.5, 1.0], patience=3) == (5, 2)
+    assert early_stop([3.0, 2.0, 1.0], patience=3) == (3, 3)
+
+
 def test_supervised_head_benchmark_runs(tmp_path):
     out = tmp_path / "head.json"
     command = [sys.executable, str(SCRIPT.with_name("supervised_head.py")), "--runs", "400:1"]
