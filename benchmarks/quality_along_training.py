@@ -9,9 +9,9 @@ Trains mvae_sc as ``compare_multivi.py`` does (same data preparation, latent 20,
 256, the defaults otherwise) for ``--epochs`` epochs without early stopping, keeps the
 weights every ``--every`` epochs from ``--start`` on, and scores each of these snapshots
 with ``compare_multivi.compute_metrics``. The report also gives the epoch at which the
-default early stopping (patience 20 on the validation loss) would have stopped, and the
-best epoch it would have restored. Early stopping only ends a run, so one long run gives
-the snapshots of every shorter one.
+default early stopping (``MVAE.train``'s patience, 20, on the validation loss) would have
+stopped, and the best epoch it would have restored. Early stopping only ends a run, so
+one long run gives the snapshots of every shorter one.
 
 Output: ``benchmarks/results/quality_along_training_<dataset>_n<cells>.json`` (or
 ``--out``) and a markdown table on stdout. One compute thread, as for the comparison::
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import sys
 import time
@@ -46,7 +47,15 @@ SHOWN = (
 )
 
 
-def early_stop(curve: list[float], patience: int = 20) -> tuple[int, int]:
+def default_patience() -> int:
+    """``MVAE.train``'s own ``early_stopping_patience``, so the summary follows it."""
+    import mvae_sc
+
+    signature = inspect.signature(mvae_sc.MVAE.train)
+    return signature.parameters["early_stopping_patience"].default
+
+
+def early_stop(curve: list[float], patience: int) -> tuple[int, int]:
     """(epoch at which Lightning's EarlyStopping with this patience and min_delta 0
     stops, best epoch), 1-based, for a validation-loss curve."""
     best, best_epoch, wait = float("inf"), 0, 0
@@ -118,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         metrics = cm.compute_metrics(mdata, cm.mvae_sc_arrays(model, mdata), args.seed)
         rows[epoch] = cm._round(metrics)
         print(f"[quality_along_training] epoch {epoch}: {rows[epoch]}", flush=True)  # noqa: T201
-    stop, best = early_stop(curve)
+    patience = default_patience()
+    stop, best = early_stop(curve, patience)
     report = {
         "command": "python benchmarks/quality_along_training.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -129,7 +139,11 @@ def main(argv: list[str] | None = None) -> None:
         "git": cm.git_state(),
         "train_seconds": round(train_seconds, 1),
         "seconds_per_epoch": round(train_seconds / len(curve), 2),
-        "default_early_stopping": {"stops_at_epoch": stop, "best_epoch": best},
+        "default_early_stopping": {
+            "patience": patience,
+            "stops_at_epoch": stop,
+            "best_epoch": best,
+        },
         "reference": {"silhouette_label_true_latent": cm.true_latent_silhouette(mdata, args.seed)},
         "validation_curve": [round(v, 2) for v in curve],
         "snapshots": {str(k): v for k, v in rows.items()},

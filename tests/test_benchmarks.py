@@ -3,6 +3,7 @@ comparison is skipped without scvi-tools (`pip install -e ".[bench]"`)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -26,14 +27,18 @@ def _run(command: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _compare_multivi():
-    """The comparison script, imported as a module."""
+def _benchmark_module(name: str):
+    """A script of benchmarks/, imported as a module."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        import compare_multivi
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(SCRIPT.parent))
-    return compare_multivi
+
+
+def _compare_multivi():
+    """The comparison script, imported as a module."""
+    return _benchmark_module("compare_multivi")
 
 
 def _paired_source(n_cells: int = 700, seed: int = 3):
@@ -364,11 +369,7 @@ def test_quality_along_training_scores_each_snapshot(tmp_path):
     assert 0 < report["reference"]["silhouette_label_true_latent"] < 1
     assert len(report["validation_curve"]) == 4
 
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from quality_along_training import early_stop
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    early_stop = _benchmark_module("quality_along_training").early_stop
     # best at epoch 2; three epochs without improvement stop a patience-3 run at 5
     assert early_stop([5.0, 3.0, 4.0, 3.0, 3.5, 1.0], patience=3) == (5, 2)
     assert early_stop([3.0, 2.0, 1.0], patience=3) == (3, 3)
