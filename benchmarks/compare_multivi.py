@@ -481,10 +481,14 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
             "RNA as expression per 10k, ATAC probability incl. region factor",
         },
     }
-    # The default budget is computed inside train() (MVAE.train's rule); repeat it here.
-    if max_epochs is None:
+    if max_epochs is None:  # the budget train() chose, by the library's own rules
+        import torch
+
+        from mvae_sc.model import default_batch_size, default_max_epochs
+
         n_train = math.ceil(0.9 * mdata.n_obs)
-        info["max_epochs"] = int(np.clip(round(8000 / max(1, n_train // 128)), 20, 400))
+        batch_size = default_batch_size(n_train, gpu=torch.cuda.is_available())
+        info["max_epochs"] = default_max_epochs(n_train // batch_size)
     info["stopped_early"] = bool(epochs < info["max_epochs"])
     info.update(_validation_curve(model.history["validation_loss"]))
     return info, arrays

@@ -78,6 +78,12 @@ def default_batch_size(n_train: int, *, gpu: bool) -> int:
     return size
 
 
+def default_max_epochs(steps_per_epoch: int) -> int:
+    """The epoch budget ``train`` uses unless told: about 8,000 minibatch steps, at least
+    20 epochs and at most 400 (small sets need many passes, atlases few)."""
+    return int(np.clip(round(8000 / max(1, steps_per_epoch)), 20, 400))
+
+
 def _record(mdata: MuData, key: str, params: Mapping[str, object]) -> None:
     """Write ``uns[key]["params"]`` (None values are left out: h5mu cannot store them)."""
     mdata.uns[key] = {"params": {k: v for k, v in params.items() if v is not None}}
@@ -343,8 +349,7 @@ class MVAE:
         ----------
         max_epochs
             Default: about 8000 minibatch steps' worth of epochs, at least 20 and at
-            most 400 (small sets need many passes, atlases few); early stopping usually
-            ends sooner.
+            most 400 (:func:`default_max_epochs`); early stopping usually ends sooner.
         batch_size
             Cells per minibatch. Default: 128 on CPU; on a GPU up to 1,024 while an
             epoch keeps at least 100 steps (:func:`default_batch_size`). Under DDP it is
@@ -443,7 +448,7 @@ class MVAE:
             raise ValueError(f"batch_size must be at least 2, got {batch_size!r}.")
         steps_per_epoch = max(1, n_train // batch_size)
         if max_epochs is None:
-            max_epochs = int(np.clip(round(8000 / steps_per_epoch), 20, 400))
+            max_epochs = default_max_epochs(steps_per_epoch)
         if n_epochs_kl_warmup is None:
             n_epochs_kl_warmup = min(50, max(1, max_epochs // 4))
         pl.seed_everything(seed, verbose=False)

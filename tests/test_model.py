@@ -180,6 +180,29 @@ def test_default_kl_weight_follows_the_likelihoods():
     assert default_kl_weight(["nb", "bernoulli"]) == 0.25
 
 
+def test_default_epoch_budget_is_about_8000_steps(trained_mosaic):
+    """Small sets get many passes, atlases few; ``train`` hands that budget to Lightning."""
+    import lightning.pytorch as pl
+
+    from mvae_sc.model import default_max_epochs
+
+    assert default_max_epochs(80) == 100
+    assert default_max_epochs(1) == 400  # capped
+    assert default_max_epochs(10_000) == 20  # floor
+    seen = {}
+
+    class Budget(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["max_epochs"] = trainer.max_epochs
+            trainer.should_stop = True
+
+    mdata, _ = trained_mosaic
+    model = mvae_sc.MVAE(mdata, n_latent=10, n_hidden=128)
+    model.train(batch_size=64, enable_progress_bar=False, callbacks=[Budget()])
+    n_train = int(np.ceil(0.9 * mdata.n_obs))  # 1,350 cells: 21 steps of 64
+    assert seen["max_epochs"] == default_max_epochs(n_train // 64) == 381
+
+
 def test_max_kl_weight_is_checked(trained_mosaic):
     _, model = trained_mosaic
     for bad in (0.0, 1.5, float("nan"), "0.5"):
