@@ -8,10 +8,11 @@ Usage::
 Trains mvae_sc as ``compare_multivi.py`` does (same data preparation, latent 20, hidden
 256, the defaults otherwise) for ``--epochs`` epochs without early stopping, keeps the
 weights every ``--every`` epochs from ``--start`` on, and scores each of these snapshots
-with ``compare_multivi.compute_metrics``. The report also gives the epoch at which the
-default early stopping (``MVAE.train``'s patience, 20, on the validation loss) would have
-stopped, and the best epoch it would have restored. Early stopping only ends a run, so
-one long run gives the snapshots of every shorter one.
+with ``compare_multivi.compute_metrics`` (``--lr``: at another learning rate than
+``MVAE.train``'s). The report also gives the epoch at which the default early stopping
+(``MVAE.train``'s patience, 20, on the validation loss) would have stopped, and the
+best epoch it would have restored. Early stopping only ends a run, so one long run
+gives the snapshots of every shorter one.
 
 Output: ``benchmarks/results/quality_along_training_<dataset>_n<cells>.json`` (or
 ``--out``) and a markdown table on stdout. One compute thread, as for the comparison::
@@ -47,12 +48,12 @@ SHOWN = (
 )
 
 
-def default_patience() -> int:
-    """``MVAE.train``'s own ``early_stopping_patience``, so the summary follows it."""
+def train_default(name: str):
+    """``MVAE.train``'s own default of one argument (the early-stopping patience, the
+    learning rate), so the run and its summary follow the library."""
     import mvae_sc
 
-    signature = inspect.signature(mvae_sc.MVAE.train)
-    return signature.parameters["early_stopping_patience"].default
+    return inspect.signature(mvae_sc.MVAE.train).parameters[name].default
 
 
 def early_stop(curve: list[float], patience: int) -> tuple[int, int]:
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=130, help="epochs to train (130)")
     parser.add_argument("--every", type=int, default=10, help="epochs between snapshots")
     parser.add_argument("--start", type=int, default=40, help="first snapshot epoch")
+    parser.add_argument("--lr", type=float, default=None, help="default: MVAE.train's")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.every < 1 or not 1 <= args.start <= args.epochs:
@@ -104,16 +106,20 @@ def main(argv: list[str] | None = None) -> None:
     mvae_sc.MVAE.setup_mudata(mdata, batch_key=batch_key)
     model = mvae_sc.MVAE(mdata, n_latent=cm.N_LATENT, n_hidden=cm.N_HIDDEN, seed=args.seed)
     snapshots: dict[int, dict] = {}
+    optimiser: dict[str, float] = {}
 
     class Snapshot(pl.Callback):
         def on_train_epoch_end(self, trainer, plan):
             epoch = trainer.current_epoch + 1
+            group = trainer.optimizers[0].param_groups[0]  # the model's (not the adversary's)
+            optimiser.update(lr=group["lr"], eps=group["eps"])
             if epoch >= args.start and (epoch - args.start) % args.every == 0:
                 snapshots[epoch] = copy.deepcopy(model.module.state_dict())
 
     start = time.perf_counter()
     model.train(
         max_epochs=args.epochs,
+        lr=train_default("lr") if args.lr is None else args.lr,
         early_stopping=False,
         seed=args.seed,
         enable_progress_bar=False,
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = cm.compute_metrics(mdata, cm.mvae_sc_arrays(model, mdata), args.seed)
         rows[epoch] = cm._round(metrics)
         print(f"[quality_along_training] epoch {epoch}: {rows[epoch]}", flush=True)  # noqa: T201
-    patience = default_patience()
+    patience = train_default("early_stopping_patience")
     stop, best = early_stop(curve, patience)
     report = {
         "command": "python benchmarks/quality_along_training.py "
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         "git": cm.git_state(),
         "train_seconds": round(train_seconds, 1),
         "seconds_per_epoch": round(train_seconds / len(curve), 2),
+        "optimiser": optimiser,
         "default_early_stopping": {
             "patience": patience,
             "stops_at_epoch": stop,

@@ -361,8 +361,9 @@ def test_quality_along_training_scores_each_snapshot(tmp_path):
     out = tmp_path / "along.json"
     command = [sys.executable, str(SCRIPT.with_name("quality_along_training.py"))]
     command += ["--n-cells", "400", "--epochs", "4", "--every", "2", "--start", "2"]
-    _run(command + ["--out", str(out)])
+    _run(command + ["--lr", "0.002", "--out", str(out)])
     report = json.loads(out.read_text())
+    assert report["optimiser"]["lr"] == 0.002  # as the optimiser had it
     assert sorted(report["snapshots"]) == ["2", "4"]
     first, last = report["snapshots"]["2"], report["snapshots"]["4"]
     assert first["foscttm_paired"] != last["foscttm_paired"]
