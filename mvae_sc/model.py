@@ -463,7 +463,7 @@ class MVAE:
             self.module,
             lr=lr,
             weight_decay=weight_decay,
-            n_steps_kl_warmup=n_epochs_kl_warmup * steps_per_epoch,
+            n_epochs_kl_warmup=n_epochs_kl_warmup,
             max_kl_weight=max_kl_weight,
         )
         validate = train_size < 1

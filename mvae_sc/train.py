@@ -204,9 +204,10 @@ class TrainingPlan(pl.LightningModule):
         The torch model.
     lr, weight_decay
         AdamW settings.
-    n_steps_kl_warmup, max_kl_weight
+    n_epochs_kl_warmup, max_kl_weight
         The KL term's weight rises linearly from 0 to ``max_kl_weight`` over this many
-        training steps (avoids posterior collapse early on); the adversary's weight on
+        epochs, counted in the minibatches each process runs (avoids posterior collapse
+        early on; under DDP it spans as many epochs as in one process); the adversary's weight on
         the encoders (if any) warms up with it. Validation always uses
         ``max_kl_weight`` and leaves the adversary out, so the monitored validation loss
         is the objective training ends on (plus the weighted supervised loss when there
@@ -219,22 +220,29 @@ class TrainingPlan(pl.LightningModule):
         *,
         lr: float = 1e-3,
         weight_decay: float = 1e-6,
-        n_steps_kl_warmup: int = 1000,
+        n_epochs_kl_warmup: float = 50,
         max_kl_weight: float = 1.0,
     ):
         super().__init__()
         self.module = module
         self.lr = lr
         self.weight_decay = weight_decay
-        self.n_steps_kl_warmup = n_steps_kl_warmup
+        self.n_epochs_kl_warmup = n_epochs_kl_warmup
         self.max_kl_weight = max_kl_weight
         self.non_finite: dict[str, int] | None = None  # where the loss became NaN/inf
         self._epoch_sums: dict[str, dict] = {}  # stage -> metric -> (weighted sum, weight)
 
     @property
+    def n_steps_kl_warmup(self) -> int:
+        """The warm-up in optimiser steps: its epochs times this process's minibatches
+        per epoch (the trainer's count: a last, smaller minibatch included; under DDP
+        the rank's share)."""
+        return round(self.n_epochs_kl_warmup * self.trainer.num_training_batches)
+
+    @property
     def warmup(self) -> float:
         """How far the warm-up has gone: 0 at the first step, 1 from its end on."""
-        if self.n_steps_kl_warmup <= 0:
+        if self.n_epochs_kl_warmup <= 0:
             return 1.0
         return min(1.0, self.global_step / self.n_steps_kl_warmup)
 

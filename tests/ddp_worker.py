@@ -1,6 +1,7 @@
 """Run by tests/test_ddp.py under ``torchrun --nproc_per_node=2``: trains a small model
 with Lightning's DDP strategy on CPU (gloo) and records which cells each rank saw in
-each epoch (``rank<r>.json``) and, on rank 0, the latent representation (``z.npy``)."""
+each epoch (``rank<r>.json``) and, on rank 0, the latent representation (``z.npy``) and
+the KL weight of each epoch (``kl_weight.json``)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def main(out: Path, n_cells: int, max_epochs: int) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(record))
     if model.is_global_zero:
         np.save(out / "z.npy", model.get_latent_representation())
+        (out / "kl_weight.json").write_text(json.dumps(model.history["kl_weight"].tolist()))
 
 
 if __name__ == "__main__":

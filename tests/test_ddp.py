@@ -60,6 +60,15 @@ def test_every_cell_seen_once_per_epoch_across_ranks(ddp_run):
         assert sorted(ranks[0] + ranks[1]) == train_cells, f"epoch {epoch}: cells lost or repeated"
 
 
+def test_kl_warmup_spans_its_epochs_under_ddp(ddp_run):
+    """The default warm-up (a quarter of 80 epochs) ends after epoch 20 with two ranks,
+    as in one process, although each rank runs half the minibatches per epoch."""
+    kl_weight = json.loads((ddp_run / "kl_weight.json").read_text())
+    warmup = EPOCHS // 4
+    assert kl_weight[warmup - 1] < 0.25  # the last warm-up epoch's mean weight
+    assert kl_weight[warmup:] == pytest.approx([0.25] * (EPOCHS - warmup))
+
+
 def test_ddp_embedding_matches_single_process_quality(ddp_run):
     mdata = mvae_sc.datasets.synthetic_multiome(
         N_CELLS, n_genes=600, n_peaks=2000, n_cell_types=6, seed=0

@@ -203,6 +203,32 @@ def test_default_epoch_budget_is_about_8000_steps(trained_mosaic):
     assert seen["max_epochs"] == default_max_epochs(n_train // 64) == 381
 
 
+def test_kl_warmup_spans_its_epochs(trained_mosaic):
+    """The KL weight reaches its maximum at the first step after ``n_epochs_kl_warmup``
+    epochs of the loader's minibatches (22 of 64 here, the last one smaller), not
+    sooner; under DDP the same holds per rank (tests/test_ddp.py)."""
+    import lightning.pytorch as pl
+
+    weights, batches = [], []
+
+    class Weights(pl.Callback):
+        def on_train_batch_start(self, trainer, plan, batch, batch_idx):
+            weights.append(plan.kl_weight)
+            batches.append(trainer.num_training_batches)
+
+    mdata, _ = trained_mosaic
+    model = mvae_sc.MVAE(mdata, n_latent=10, n_hidden=128)
+    model.train(
+        max_epochs=3, batch_size=64, n_epochs_kl_warmup=2, max_kl_weight=0.5,
+        early_stopping=False, enable_progress_bar=False, callbacks=[Weights()],
+    )  # fmt: skip
+    per_epoch = batches[0]
+    assert per_epoch == 22  # 1,350 training cells
+    assert weights[0] == 0.0
+    assert weights[2 * per_epoch - 1] == pytest.approx(0.5 * (2 * per_epoch - 1) / (2 * per_epoch))
+    assert weights[2 * per_epoch :] == [0.5] * per_epoch
+
+
 def test_max_kl_weight_is_checked(trained_mosaic):
     _, model = trained_mosaic
     for bad in (0.0, 1.5, float("nan"), "0.5"):
