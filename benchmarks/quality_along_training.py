@@ -6,10 +6,12 @@ Usage::
     python benchmarks/quality_along_training.py --n-cells 5000 --epochs 100 --every 5
 
 Trains mvae_sc as ``compare_multivi.py`` does (same data preparation, latent 20, hidden
-256, the defaults otherwise) for ``--epochs`` epochs without early stopping, keeps the
+256, the defaults otherwise: ``train``'s own epoch budget, from which it sets the KL
+warm-up) and stops it after ``--epochs`` epochs instead of early stopping, keeps the
 weights every ``--every`` epochs from ``--start`` on, and scores each of these snapshots
 with ``compare_multivi.compute_metrics`` (``--lr``: at another learning rate than
-``MVAE.train``'s). The report also gives the epoch at which the default early stopping
+``MVAE.train``'s; ``--kl-warmup``: another number of KL warm-up epochs;
+``--batch-size``: another minibatch size). The report also gives the epoch at which the default early stopping
 (``MVAE.train``'s patience, 20, on the validation loss) would have stopped, and the
 best epoch it would have restored. Early stopping only ends a run, so one long run
 gives the snapshots of every shorter one.
@@ -89,6 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=10, help="epochs between snapshots")
     parser.add_argument("--start", type=int, default=40, help="first snapshot epoch")
     parser.add_argument("--lr", type=float, default=None, help="default: MVAE.train's")
+    parser.add_argument(
+        "--kl-warmup", type=int, default=None, help="KL warm-up epochs; default: MVAE.train's"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="cells per minibatch; default: MVAE.train's"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.every < 1 or not 1 <= args.start <= args.epochs:
@@ -107,20 +115,38 @@ def main(argv: list[str] | None = None) -> None:
     model = mvae_sc.MVAE(mdata, n_latent=cm.N_LATENT, n_hidden=cm.N_HIDDEN, seed=args.seed)
     snapshots: dict[int, dict] = {}
     optimiser: dict[str, float] = {}
+    warmup: dict[str, int] = {}  # the KL warm-up as the training plan ran it
+    budget: dict[str, int] = {}  # train()'s epoch budget and minibatch size
 
     class Snapshot(pl.Callback):
         def on_train_epoch_end(self, trainer, plan):
             epoch = trainer.current_epoch + 1
             group = trainer.optimizers[0].param_groups[0]  # the model's (not the adversary's)
             optimiser.update(lr=group["lr"], eps=group["eps"])
+            budget.update(
+                max_epochs=trainer.max_epochs,
+                batch_size=trainer.datamodule.batch_size,
+            )
+            warmup.update(
+                steps=plan.n_steps_kl_warmup, steps_per_epoch=trainer.num_training_batches
+            )
             if epoch >= args.start and (epoch - args.start) % args.every == 0:
                 snapshots[epoch] = copy.deepcopy(model.module.state_dict())
+            # train()'s own budget sets the warm-up as in the comparison; stop here instead
+            trainer.should_stop = trainer.should_stop or epoch >= args.epochs
+
+        def on_validation_epoch_end(self, trainer, plan):
+            loss = trainer.callback_metrics.get("validation_loss")
+            if loss is not None and not trainer.sanity_checking:
+                line = f"epoch {trainer.current_epoch + 1}: validation loss {float(loss):.1f}"
+                print(line, flush=True)  # noqa: T201
 
     start = time.perf_counter()
     model.train(
-        max_epochs=args.epochs,
+        batch_size=args.batch_size,
         lr=train_default("lr") if args.lr is None else args.lr,
         early_stopping=False,
+        n_epochs_kl_warmup=args.kl_warmup,
         seed=args.seed,
         enable_progress_bar=False,
         callbacks=[Snapshot()],
@@ -146,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
         "train_seconds": round(train_seconds, 1),
         "seconds_per_epoch": round(train_seconds / len(curve), 2),
         "optimiser": optimiser,
+        "kl_warmup": warmup,
+        "train_budget": budget,
         "default_early_stopping": {
             "patience": patience,
             "stops_at_epoch": stop,

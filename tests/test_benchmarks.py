@@ -358,12 +358,21 @@ def test_profile_step_runs(tmp_path):
 def test_quality_along_training_scores_each_snapshot(tmp_path):
     """Each snapshot is scored with its own weights (the scores move between them), and
     the early-stopping summary is the one Lightning's rule gives on the curve."""
+    from mvae_sc.model import default_max_epochs
+
     out = tmp_path / "along.json"
     command = [sys.executable, str(SCRIPT.with_name("quality_along_training.py"))]
     command += ["--n-cells", "400", "--epochs", "4", "--every", "2", "--start", "2"]
-    _run(command + ["--lr", "0.002", "--out", str(out)])
+    _run(command + ["--lr", "0.002", "--kl-warmup", "3", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["optimiser"]["lr"] == 0.002  # as the optimiser had it
+    warmup = report["kl_warmup"]  # as the training plan ran it
+    assert warmup["steps"] == 3 * warmup["steps_per_epoch"] == 9  # 360 cells, 3 minibatches
+    # train()'s own epoch budget (as in the comparison), stopped after --epochs
+    assert report["train_budget"] == {
+        "max_epochs": default_max_epochs(360 // 128),
+        "batch_size": 128,
+    }
     assert sorted(report["snapshots"]) == ["2", "4"]
     first, last = report["snapshots"]["2"], report["snapshots"]["4"]
     assert first["foscttm_paired"] != last["foscttm_paired"]
