@@ -9,9 +9,9 @@ Trains mvae_sc as ``compare_multivi.py`` does (same data preparation, latent 20,
 256, the defaults otherwise: ``train``'s own epoch budget, from which it sets the KL
 warm-up) and stops it after ``--epochs`` epochs instead of early stopping, keeps the
 weights every ``--every`` epochs from ``--start`` on, and scores each of these snapshots
-with ``compare_multivi.compute_metrics`` (``--lr``: at another learning rate than
-``MVAE.train``'s; ``--kl-warmup``: another number of KL warm-up epochs;
-``--batch-size``: another minibatch size). The report also gives the epoch at which the default early stopping
+with ``compare_multivi.compute_metrics`` (``--lr``, ``--kl-warmup``, ``--batch-size``:
+another learning rate, number of KL warm-up epochs or minibatch size than
+``MVAE.train``'s). The report also gives the epoch at which the default early stopping
 (``MVAE.train``'s patience, 20, on the validation loss) would have stopped, and the
 best epoch it would have restored. Early stopping only ends a run, so one long run
 gives the snapshots of every shorter one.
@@ -119,17 +119,16 @@ def main(argv: list[str] | None = None) -> None:
     budget: dict[str, int] = {}  # train()'s epoch budget and minibatch size
 
     class Snapshot(pl.Callback):
-        def on_train_epoch_end(self, trainer, plan):
-            epoch = trainer.current_epoch + 1
+        def on_train_start(self, trainer, plan):
             group = trainer.optimizers[0].param_groups[0]  # the model's (not the adversary's)
             optimiser.update(lr=group["lr"], eps=group["eps"])
-            budget.update(
-                max_epochs=trainer.max_epochs,
-                batch_size=trainer.datamodule.batch_size,
-            )
+            budget.update(max_epochs=trainer.max_epochs, batch_size=trainer.datamodule.batch_size)
             warmup.update(
                 steps=plan.n_steps_kl_warmup, steps_per_epoch=trainer.num_training_batches
             )
+
+        def on_train_epoch_end(self, trainer, plan):
+            epoch = trainer.current_epoch + 1
             if epoch >= args.start and (epoch - args.start) % args.every == 0:
                 snapshots[epoch] = copy.deepcopy(model.module.state_dict())
             # train()'s own budget sets the warm-up as in the comparison; stop here instead

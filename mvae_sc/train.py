@@ -206,9 +206,9 @@ class TrainingPlan(pl.LightningModule):
         AdamW settings.
     n_epochs_kl_warmup, max_kl_weight
         The KL term's weight rises linearly from 0 to ``max_kl_weight`` over this many
-        epochs, counted in the minibatches each process runs (avoids posterior collapse
-        early on; under DDP it spans as many epochs as in one process); the adversary's weight on
-        the encoders (if any) warms up with it. Validation always uses
+        epochs, counted in the minibatches each process runs, so that under DDP it spans
+        as many epochs as in one process (avoids posterior collapse early on); the
+        adversary's weight on the encoders (if any) warms up with it. Validation always uses
         ``max_kl_weight`` and leaves the adversary out, so the monitored validation loss
         is the objective training ends on (plus the weighted supervised loss when there
         is a head); the ELBO is logged beside it.
