@@ -236,8 +236,8 @@ class TrainingPlan(pl.LightningModule):
     def n_steps_kl_warmup(self) -> int:
         """The warm-up in optimiser steps: its epochs times this process's minibatches
         per epoch (the trainer's count: a last, smaller minibatch included; under DDP
-        the rank's share)."""
-        return round(self.n_epochs_kl_warmup * self.trainer.num_training_batches)
+        the rank's share); at least one."""
+        return max(1, round(self.n_epochs_kl_warmup * self.trainer.num_training_batches))
 
     @property
     def warmup(self) -> float:
