@@ -103,6 +103,55 @@ def test_experts_and_decoders_see_only_cells_with_their_modality():
             )
 
 
+@pytest.mark.parametrize(("fusion", "stratified"), [("poe", False), ("poe", True), ("mopoe", True)])
+def test_terms_that_weigh_nothing_for_a_cell_do_not_decode_it(fusion, stratified, monkeypatch):
+    """A single-expert term weighs 0 for an unpaired cell (and a MoPoE subset for a cell
+    that lacks a member): those rows are not decoded, and the loss is what decoding
+    every row gives."""
+    module = _module(fusion).train()
+    batch = _batch()
+    rows_seen = []
+    for decoder in module.decoders.values():
+        decoder.register_forward_hook(lambda _m, args, _out: rows_seen.append(len(args[0])))
+    torch.manual_seed(3)
+    got = module.loss(batch, kl_weight=0.5, stratified=stratified)
+    n_paired = int((batch["mask"]["rna"] & batch["mask"]["atac"]).sum())
+    n_present = sum(int(m.sum()) for m in batch["mask"].values())
+    n_terms = 3 if stratified else 2
+    # the joint term decodes every present (cell, modality); each other term the paired
+    # cells' two modalities
+    assert sum(rows_seen) == n_present + (n_terms - 1) * 2 * n_paired, rows_seen
+
+    decode_all = MVAEModule.reconstruction
+    monkeypatch.setattr(
+        MVAEModule, "reconstruction", lambda self, z, batch, rows=None: decode_all(self, z, batch)
+    )
+    torch.manual_seed(3)
+    reference = module.loss(batch, kl_weight=0.5, stratified=stratified)
+    for key in reference:
+        torch.testing.assert_close(got[key], reference[key])
+
+
+def test_posteriors_and_likelihoods_stay_float32_under_bf16_autocast():
+    """Under ``bf16-mixed`` (train's default on CPUs with native bfloat16) only the
+    layers' products run in bfloat16: the experts' means and variances, every
+    likelihood and the loss are float32, and the loss is the float32 one to 1 %."""
+    module = _module("poe").train()
+    batch = _batch()
+    torch.manual_seed(4)
+    reference = module.loss(batch, stratified=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mu, logvar, _presence = module.encode(batch)
+        z = torch.randn(B, 3, generator=torch.Generator().manual_seed(2))
+        recon = module.reconstruction(z, batch)
+        torch.manual_seed(4)
+        got = module.loss(batch, stratified=False)
+    assert mu.dtype == logvar.dtype == torch.float32
+    assert all(v.dtype == torch.float32 for v in recon.values())
+    assert got["loss"].dtype == torch.float32
+    torch.testing.assert_close(got["loss"], reference["loss"], rtol=0.01, atol=0.0)
+
+
 def test_poe_objective_is_joint_plus_single_expert_elbos():
     module = _module()
     batch = _batch()

@@ -322,8 +322,12 @@ class MVAEModule(nn.Module):
         return total, n_pairs
 
     # ---- generative + loss -------------------------------------------------------------
-    def reconstruction(self, z: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
-        """Per-cell log p(x_m | z) for every modality, 0 where the cell lacks it."""
+    def reconstruction(
+        self, z: torch.Tensor, batch: dict, rows: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per-cell log p(x_m | z) for every modality, 0 where the cell lacks it and,
+        when ``rows`` (``(B,)`` boolean) is given, 0 outside those rows, which are not
+        decoded at all."""
         covariates = batch.get("covariates")
         out = {}
         for name in self.modality_names:
@@ -335,8 +339,9 @@ class MVAEModule(nn.Module):
                 )
                 return px.log_prob(x).sum(-1)
 
+            present = batch["mask"][name] if rows is None else batch["mask"][name] & rows
             out[name] = _on_present_rows(
-                batch["mask"][name], log_likelihood, z, batch["x"][name],
+                present, log_likelihood, z, batch["x"][name],
                 batch["library"][name], covariates,
             )  # fmt: skip
         return out
@@ -407,7 +412,9 @@ class MVAEModule(nn.Module):
             else:
                 kl = kl_divergence(qz, prior).sum(-1)
             sampled.append((z, w, comp_mu))
-            recon = self.reconstruction(z, batch)
+            # A term weighs nothing for some cells (a single-expert term of an unpaired
+            # cell, a mixture component the cell lacks): their rows are not decoded.
+            recon = self.reconstruction(z, batch, rows=w > 0)
             for name, value in recon.items():
                 recon_parts[name] = recon_parts[name] + w * value
             total_recon = total_recon + w * sum(recon.values())
