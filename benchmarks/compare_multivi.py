@@ -470,6 +470,7 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
         "peak_rss_mb_after_data": rss_data,
         "peak_rss_mb_train": rss_train,
         "settings": {
+            "precision": f"{model.precision} (train's default on this machine)",
             "n_latent": N_LATENT,
             "n_hidden": N_HIDDEN,
             "n_layers": 2,
@@ -613,6 +614,7 @@ def train_multivi(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
         "peak_rss_mb_after_data": rss_data,
         "peak_rss_mb_train": rss_train,
         "settings": {
+            "precision": "32-true (scvi-tools' default)",
             "n_latent": N_LATENT,
             "n_hidden": N_HIDDEN,
             "n_layers_encoder/decoder": 2,

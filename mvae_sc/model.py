@@ -78,6 +78,22 @@ def default_batch_size(n_train: int, *, gpu: bool) -> int:
     return size
 
 
+def default_precision(*, gpu: bool) -> str:
+    """The Lightning precision ``train`` uses unless told: ``"bf16-mixed"`` on a CPU with
+    native bfloat16 matrix instructions (AVX512-BF16 or AMX: recent AMD EPYC and Intel
+    Xeon), where the layers' matrix products run about three times faster and an epoch at
+    25,000 genes and 86,000 peaks about 1.4 times; ``"32-true"`` elsewhere (on a GPU,
+    float32 with TF32 tensor cores). The likelihoods, the experts' means and variances
+    and the fusion always compute in float32 (README, "Mixed precision")."""
+    if gpu:
+        return "32-true"
+    cpu = torch.cpu
+    native = [
+        getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    return "bf16-mixed" if any(check is not None and check() for check in native) else "32-true"
+
+
 def default_max_epochs(steps_per_epoch: int) -> int:
     """The epoch budget ``train`` uses unless told: about 8,000 minibatch steps, at least
     20 epochs and at most 400 (small sets need many passes, atlases few)."""
@@ -232,6 +248,7 @@ class MVAE:
         self.init_params["seed"] = seed
         self._set_data_constants(self._data)
         self.history = pd.DataFrame()
+        self.precision: str | None = None  # the Lightning precision of the last train()
         self.is_trained = False
 
     # ---- registration ------------------------------------------------------------------
@@ -336,6 +353,7 @@ class MVAE:
         max_kl_weight: float | None = None,
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
+        precision: str | None = None,
         seed: int = 0,
         data_on_device: bool | None = None,
         enable_progress_bar: bool = True,
@@ -382,6 +400,11 @@ class MVAE:
             Several devices or nodes: ``train(strategy="ddp", devices=N, num_nodes=M)``
             (launched by ``torchrun`` or SLURM ``srun``, see README); every cell is seen
             once per epoch across the ranks and ``batch_size`` is per rank.
+        precision
+            Lightning's ``precision``. Default: ``"bf16-mixed"`` on a CPU with native
+            bfloat16 matrix instructions (about 1.4 times faster per epoch at real
+            feature counts, same validation loss), ``"32-true"`` elsewhere
+            (:func:`default_precision`); ``model.precision`` says which was used.
         seed
             Seeds torch, numpy and the train/validation split.
         data_on_device
@@ -439,11 +462,13 @@ class MVAE:
             )
         n_cells = self._data.n_cells
         n_train = n_cells if train_size >= 1 else math.ceil(train_size * n_cells)
+        gpu = accelerator in ("gpu", "cuda") or (
+            accelerator == "auto" and torch.cuda.is_available()
+        )
         if batch_size is None:
-            gpu = accelerator in ("gpu", "cuda") or (
-                accelerator == "auto" and torch.cuda.is_available()
-            )
             batch_size = default_batch_size(n_train, gpu=gpu)
+        if precision is None:
+            precision = default_precision(gpu=gpu)
         if batch_size < 2:
             raise ValueError(f"batch_size must be at least 2, got {batch_size!r}.")
         steps_per_epoch = max(1, n_train // batch_size)
@@ -486,6 +511,7 @@ class MVAE:
             "enable_checkpointing": False,
             "enable_model_summary": False,
             "enable_progress_bar": enable_progress_bar,
+            "precision": precision,
             "num_sanity_val_steps": 0,
             "limit_val_batches": 1.0 if validate else 0,
             "gradient_clip_val": 10.0,
@@ -518,6 +544,7 @@ class MVAE:
             if ckpt_path is not None:  # resuming: the directory holds our checkpoint
                 warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
             trainer = pl.Trainer(**options)
+            self.module.train()  # a trained model is left in eval mode for inference
             trainer.fit(plan, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         # Lightning hands the weights back on the CPU; inference (latents, imputation)
         # then streams on the device that trained
@@ -526,6 +553,7 @@ class MVAE:
             pd.DataFrame(history.rows).set_index("epoch") if history.rows else pd.DataFrame()
         )
         self.is_trained = True
+        self.precision = str(trainer.precision)
         if plan.non_finite is not None:
             best = next((c for c in callbacks if isinstance(c, KeepBestWeights)), None)
             kept = (

@@ -6,6 +6,7 @@ import mudata
 import numpy as np
 import pytest
 import scanpy as sc
+import torch
 
 import mvae_sc
 from mvae_sc import metrics
@@ -269,9 +270,31 @@ def test_bf16_mixed_precision_trains_like_full_precision():
         mvae_sc.MVAE.setup_mudata(mdata)
         model = mvae_sc.MVAE(mdata, n_latent=6, n_hidden=64)
         model.train(max_epochs=8, enable_progress_bar=False, precision=precision)
+        assert model.precision == precision
         assert np.isfinite(model.get_latent_representation()).all()
         losses[precision] = model.history["validation_elbo"].iloc[-1]
     assert losses["bf16-mixed"] == pytest.approx(losses["32-true"], rel=0.02), losses
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx"), [(True, False), (False, True), (False, False)])
+def test_default_precision_is_bf16_mixed_on_cpus_with_native_bf16(avx512_bf16, amx, monkeypatch):
+    """bfloat16 autocast where the CPU multiplies bfloat16 natively, float32 elsewhere
+    and on a GPU; ``train`` uses it unless told and records what it used."""
+    from mvae_sc.model import default_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    expected = "bf16-mixed" if avx512_bf16 or amx else "32-true"
+    assert default_precision(gpu=False) == expected
+    assert default_precision(gpu=True) == "32-true"
+    mdata = mvae_sc.datasets.synthetic_multiome(200, n_genes=50, n_peaks=80, seed=0)
+    mvae_sc.MVAE.setup_mudata(mdata)
+    model = mvae_sc.MVAE(mdata, n_latent=4, n_hidden=16)
+    assert model.precision is None
+    model.train(max_epochs=1, accelerator="cpu", enable_progress_bar=False)
+    assert model.precision == expected
+    model.train(max_epochs=1, accelerator="cpu", enable_progress_bar=False, precision="32-true")
+    assert model.precision == "32-true"
 
 
 def test_hidden_widths_follow_the_feature_counts_unless_set():

@@ -102,8 +102,12 @@ class Encoder(nn.Module):
         elif self.likelihood == "gaussian":
             x = torch.cat([x, torch.log(x.pow(2).mean(-1, keepdim=True) + 1e-3)], dim=-1)
         h = self.body(x, covariates)
-        logvar = self.logvar(h).clamp(LOGVAR_MIN, LOGVAR_MAX)
-        return Normal(self.mean(h), torch.exp(0.5 * logvar))
+        # the posterior's parameters in float32 also under mixed precision: they feed
+        # the fusion, the KL and the sampled z (two small products)
+        with torch.autocast(h.device.type, enabled=False):
+            h = h.float()
+            logvar = self.logvar(h).clamp(LOGVAR_MIN, LOGVAR_MAX)
+            return Normal(self.mean(h), torch.exp(0.5 * logvar))
 
 
 class Decoder(nn.Module):
@@ -181,7 +185,7 @@ class Decoder(nn.Module):
             ``(B, n_covariates)`` or None.
         """
         h = self._features(z, covariates)
-        out = self.head(h)
+        out = self.head(h).float()  # the product may run in bfloat16; what follows not
         if self.likelihood == "nb":
             return lik.NegativeBinomialLogits(out, library, self.log_theta)
         if self.likelihood in ("zinb", "poisson"):
@@ -189,7 +193,7 @@ class Decoder(nn.Module):
             if self.likelihood == "poisson":
                 return lik.poisson(mu)
             theta = torch.exp(self.log_theta)
-            return lik.ZeroInflatedNegativeBinomial(mu, theta, self.zi_head(h))
+            return lik.ZeroInflatedNegativeBinomial(mu, theta, self.zi_head(h).float())
         if self.likelihood == "bernoulli":
             cell_logit = None
             if library is not None:
