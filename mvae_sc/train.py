@@ -343,7 +343,37 @@ class TrainingPlan(pl.LightningModule):
             groups.append(
                 {"params": list(disc.parameters()), "lr": self.lr * DISCRIMINATOR_LR_FACTOR}
             )
-        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, eps=0.01)
+        # The fused update is one pass over each parameter: several times faster than
+        # the per-tensor loop on a CPU, where that loop was a tenth of a step at real
+        # widths. float16 with a gradient scaler keeps the unfused one (see below).
+        return torch.optim.AdamW(
+            groups,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            eps=0.01,
+            fused=not self._gradient_scaler(),
+        )
+
+    def _gradient_scaler(self) -> bool:
+        trainer = self._trainer
+        return trainer is not None and str(trainer.precision) in ("16-mixed", "16")
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip as Lightning does, also for the fused optimiser under ``bf16-mixed``
+        (Lightning refuses fused optimisers under any mixed precision, as they might
+        unscale float16 gradients themselves; bfloat16 has no scaler)."""
+        if self._gradient_scaler() or not gradient_clip_val:
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
 
 def _accumulate(sums: dict, key: str, value, weight) -> None:

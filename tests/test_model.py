@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import mudata
 import numpy as np
 import pytest
@@ -274,6 +275,36 @@ def test_bf16_mixed_precision_trains_like_full_precision():
         assert np.isfinite(model.get_latent_representation()).all()
         losses[precision] = model.history["validation_elbo"].iloc[-1]
     assert losses["bf16-mixed"] == pytest.approx(losses["32-true"], rel=0.02), losses
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_optimiser_is_fused_adamw(precision):
+    """One fused pass per parameter, what makes the optimiser step cheap on a CPU (float16
+    with a gradient scaler, a GPU-only mode, keeps the unfused update to clip)."""
+    mdata = mvae_sc.datasets.synthetic_multiome(200, n_genes=50, n_peaks=80, seed=0)
+    mvae_sc.MVAE.setup_mudata(mdata)
+    model = mvae_sc.MVAE(mdata, n_latent=4, n_hidden=16)
+    seen, norms, largest = [], [], []
+
+    def grads(opt):
+        return [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+
+    def record(opt, _args, _kwargs):
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads(opt)]))))
+        largest.append(max(float(g.abs().max()) for g in grads(opt)))
+
+    class Spy(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.extend(opt.defaults["fused"] for opt in trainer.optimizers)
+            trainer.optimizers[0].register_step_post_hook(record)
+
+    # and the gradients are still clipped, by norm (train's setting) or by value
+    train = {"max_epochs": 1, "precision": precision, "enable_progress_bar": False}
+    model.train(callbacks=[Spy()], gradient_clip_val=1e-3, **train)
+    assert seen == [True] and norms and max(norms) <= 1e-3 * 1.001, norms
+    largest.clear()
+    model.train(callbacks=[Spy()], gradient_clip_val=1e-5, gradient_clip_algorithm="value", **train)
+    assert largest and max(largest) <= 1e-5 * 1.001, largest
 
 
 @pytest.mark.parametrize(("avx512_bf16", "amx"), [(True, False), (False, True), (False, False)])
