@@ -6,11 +6,14 @@ special functions, the rest).
 Usage:
     python benchmarks/profile_step.py [--cells 4000] [--genes 20000] [--peaks 50000]
                                       [--batch-size 128] [--steps 20] [--data-on-device]
+                                      [--precision 32-true|bf16-mixed]
                                       [--out benchmarks/results/profile_step.json]
 
 The model is the default one (``MVAE(mdata)`` after ``setup_mudata(batch_key="batch")``:
 PoE, 20 latent dimensions, 256 hidden units, the adversary on), stepped the way
-``TrainingPlan`` steps it (joint posterior plus one sampled single-expert term, AdamW).
+``TrainingPlan`` steps it (joint posterior plus one sampled single-expert term, fused
+AdamW; with ``--precision bf16-mixed`` the forward pass under bfloat16 autocast, as
+Lightning runs it, ``train``'s default on CPUs with native bfloat16).
 Phases are wall-clock means over ``--steps`` steps after three warm-up steps, on the
 default device, with the host allocator set as ``train`` sets it
 (:func:`mvae_sc.train.reuse_freed_memory`) and, for comparison, as glibc leaves it by
@@ -63,6 +66,12 @@ def main() -> None:
         help="copy the data to the GPU first and gather minibatches there (as "
         "train(data_on_device=True))",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["32-true", "bf16-mixed"],
+        default="32-true",
+        help="bf16-mixed: the forward pass under bfloat16 autocast, as Lightning runs it",
+    )
     parser.add_argument("--out", default="benchmarks/results/profile_step.json")
     args = parser.parse_args()
 
@@ -85,6 +94,7 @@ def main() -> None:
     optimiser = TrainingPlan(module).configure_optimizers()  # AdamW as in training
     rng = np.random.default_rng(0)
     data = model._data.to(device) if args.data_on_device else model._data
+    bf16 = args.precision == "bf16-mixed"
 
     def sync() -> None:
         if device.type == "cuda":
@@ -96,7 +106,8 @@ def main() -> None:
         batch = densify_batch(move_data_to_device(batch, device))
         sync()
         t1 = time.perf_counter()
-        out = module.loss(batch, kl_weight=0.25, stratified=False, adversary_scale=1.0)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = module.loss(batch, kl_weight=0.25, stratified=False, adversary_scale=1.0)
         sync()
         t2 = time.perf_counter()
         out["loss"].backward()
@@ -149,6 +160,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        "precision": args.precision,
         "date": time.strftime("%Y-%m-%d"),
         "ms_per_step": {**phases, "total": total},
         "share_of_step": {k: round(v / total, 3) for k, v in phases.items()},

@@ -347,8 +347,9 @@ def test_profile_step_runs(tmp_path):
     out = tmp_path / "profile.json"
     command = [sys.executable, str(SCRIPT.with_name("profile_step.py")), "--cells", "300"]
     command += ["--genes", "200", "--peaks", "500", "--steps", "4", "--out", str(out)]
-    _run(command)
+    _run(command + ["--precision", "bf16-mixed"])
     report = json.loads(out.read_text())
+    assert report["precision"] == "bf16-mixed"
     phases = report["ms_per_step"]
     assert phases["total"] == pytest.approx(sum(v for k, v in phases.items() if k != "total"))
     assert sum(report["operator_share_of_profiled_time"].values()) == pytest.approx(1, abs=0.01)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import lightning.pytorch as pl
 import mudata
 import numpy as np
@@ -311,10 +313,12 @@ def test_optimiser_is_fused_adamw(precision):
 def test_default_precision_is_bf16_mixed_on_cpus_with_native_bf16(avx512_bf16, amx, monkeypatch):
     """bfloat16 autocast where the CPU multiplies bfloat16 natively, float32 elsewhere
     and on a GPU; ``train`` uses it unless told and records what it used."""
-    from mvae_sc.model import default_precision
+    from mvae_sc.model import ONEDNN_CACHE_CAPACITY, default_precision
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "100")  # the user's own setting
     expected = "bf16-mixed" if avx512_bf16 or amx else "32-true"
     assert default_precision(gpu=False) == expected
     assert default_precision(gpu=True) == "32-true"
@@ -324,6 +328,10 @@ def test_default_precision_is_bf16_mixed_on_cpus_with_native_bf16(avx512_bf16, a
     assert model.precision is None
     model.train(max_epochs=1, accelerator="cpu", enable_progress_bar=False)
     assert model.precision == expected
+    # under bfloat16 oneDNN's per-shape caches are bounded, unless the user bounded them
+    bounded = os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    assert bounded == (str(ONEDNN_CACHE_CAPACITY) if expected == "bf16-mixed" else None)
+    assert os.environ["LRU_CACHE_CAPACITY"] == "100"
     model.train(max_epochs=1, accelerator="cpu", enable_progress_bar=False, precision="32-true")
     assert model.precision == "32-true"
 
