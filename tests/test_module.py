@@ -152,6 +152,34 @@ def test_posteriors_and_likelihoods_stay_float32_under_bf16_autocast():
     torch.testing.assert_close(got["loss"], reference["loss"], rtol=0.01, atol=0.0)
 
 
+def test_heads_on_z_stay_float32_under_bf16_autocast():
+    """The supervised head and the batch discriminator are small: float32 throughout."""
+    torch.manual_seed(0)
+    module = MVAEModule(
+        {"rna": (12, "nb"), "atac": (20, "bernoulli")},
+        n_latent=3,
+        n_hidden=8,
+        n_batches=2,
+        adversary_weight=1.0,
+        n_label_outputs=3,
+        label_type="categorical",
+        classification_weight=1.0,
+    ).train()
+    batch = _batch()
+    batch["label"] = torch.tensor([0, 1, 2, 0, 1, 2])
+    batch["labelled"] = torch.ones(B, dtype=torch.bool)
+    batch["batch_index"] = torch.arange(B) % 2
+    dtypes = []
+    for head in (module.classifier, module.discriminator):
+        for layer in head.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.register_forward_hook(lambda _m, _a, out: dtypes.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module.loss(batch, adversary_scale=1.0)
+    assert dtypes and set(dtypes) == {torch.float32}
+    assert out["classification_loss"].dtype == out["discriminator_loss"].dtype == torch.float32
+
+
 def test_poe_objective_is_joint_plus_single_expert_elbos():
     module = _module()
     batch = _batch()

@@ -423,14 +423,16 @@ class MVAEModule(nn.Module):
         loss = -(total_recon - kl_weight * total_kl)
         out = {"loss": loss.mean(), "elbo": elbo.mean(), "kl": total_kl.mean()}
         out.update({f"reconstruction_{n}": v.mean() for n, v in recon_parts.items()})
-        if self.classifier is not None and "label" in batch:
-            out.update(self._classification(sampled, batch))
-            out["loss"] = out["loss"] + self.classification_weight * out["classification_loss"]
-        if self.discriminator is not None and "batch_index" in batch:
-            scale = 0.0 if adversary_scale is None else self.adversary_weight * adversary_scale
-            out.update(self._discrimination(sampled, batch["batch_index"], scale))
-            if adversary_scale is not None:
-                out["loss"] = out["loss"] + out["discriminator_loss"] + out["adversary_loss"]
+        # the heads on z are small: float32 also under mixed precision
+        with torch.autocast(mu.device.type, enabled=False):
+            if self.classifier is not None and "label" in batch:
+                out.update(self._classification(sampled, batch))
+                out["loss"] = out["loss"] + self.classification_weight * out["classification_loss"]
+            if self.discriminator is not None and "batch_index" in batch:
+                scale = 0.0 if adversary_scale is None else self.adversary_weight * adversary_scale
+                out.update(self._discrimination(sampled, batch["batch_index"], scale))
+                if adversary_scale is not None:
+                    out["loss"] = out["loss"] + out["discriminator_loss"] + out["adversary_loss"]
         return out
 
     def _classification(self, sampled: list, batch: dict) -> dict[str, torch.Tensor]:
