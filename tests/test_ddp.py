@@ -78,7 +78,11 @@ def test_ddp_embedding_matches_single_process_quality(ddp_run):
     model = mvae_sc.MVAE(mdata, n_latent=10, n_hidden=128, seed=0)
     # the same cells per step as 2 ranks x 64
     model.train(max_epochs=EPOCHS, batch_size=128, enable_progress_bar=False)
-    single = metrics.leiden_ari_nmi(model.get_latent_representation(), labels)["ari"]
-    ddp = metrics.leiden_ari_nmi(np.load(ddp_run / "z.npy"), labels)["ari"]
-    assert ddp > 0.4, ddp  # measured: 0.53 (single process: 0.56; all cells, ATAC-only included)
-    assert ddp > single - 0.1, (ddp, single)
+    z_single, z_ddp = model.get_latent_representation(), np.load(ddp_run / "z.npy")
+    # Leiden's ARI jumps between runs: one process gave 0.69-0.77 over two seeds, in
+    # float32 and in bf16-mixed alike; DDP 0.66 (all cells, ATAC-only included). The
+    # silhouette is steadier (0.580-0.590; DDP 0.577), so it carries the comparison.
+    assert metrics.leiden_ari_nmi(z_ddp, labels)["ari"] > 0.5
+    single = metrics.silhouette_label(z_single, labels)
+    ddp = metrics.silhouette_label(z_ddp, labels)
+    assert ddp > single - 0.03, (ddp, single)
