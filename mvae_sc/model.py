@@ -83,8 +83,9 @@ def default_precision(*, gpu: bool) -> str:
     native bfloat16 matrix instructions (AVX512-BF16 or AMX: recent AMD EPYC and Intel
     Xeon), where the layers' matrix products run about three times faster and an epoch at
     25,000 genes and 86,000 peaks about 1.4 times; ``"32-true"`` elsewhere (on a GPU,
-    float32 with TF32 tensor cores). The likelihoods, the experts' means and variances
-    and the fusion always compute in float32 (README, "Mixed precision")."""
+    float32 with TF32 tensor cores). The likelihoods, the experts' means and variances,
+    the fusion and the heads on z always compute in float32 (README, "Mixed
+    precision")."""
     if gpu:
         return "32-true"
     cpu = torch.cpu

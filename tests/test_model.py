@@ -211,8 +211,6 @@ def test_kl_warmup_spans_its_epochs(trained_mosaic):
     """The KL weight reaches its maximum at the first step after ``n_epochs_kl_warmup``
     epochs of the loader's minibatches (22 of 64 here, the last one smaller), not
     sooner; under DDP the same holds per rank (tests/test_ddp.py)."""
-    import lightning.pytorch as pl
-
     weights, batches = [], []
 
     class Weights(pl.Callback):
