@@ -100,9 +100,10 @@ def test_bernoulli_is_finite_at_extremes():
 
 def test_fused_log_probs_have_the_gradients_of_their_formulas():
     """The decoders' NB and Bernoulli compute log-probabilities and their gradients in
-    one hand-written autograd step (to keep less in memory); both must match autograd
-    through the plain formulas, including the clamped Bernoulli probabilities (zero
-    gradient there) and zero counts (whose lgamma terms are skipped)."""
+    one hand-written autograd step (to keep less in memory and make fewer passes); both
+    must match autograd through the plain formulas (torch's own NegativeBinomial for the
+    NB), including the clamped Bernoulli probabilities (zero gradient there) and zero
+    counts (whose lgamma terms are skipped)."""
     gen = torch.Generator().manual_seed(0)
     opts = {"dtype": torch.float64, "requires_grad": True}
     logits = torch.randn(6, 9, generator=gen, dtype=torch.float64).mul(3)
@@ -119,8 +120,12 @@ def test_fused_log_probs_have_the_gradients_of_their_formulas():
         return lik.NegativeBinomialLogits(*args).log_prob(counts)
 
     def nb_plain(logits, library, log_theta):
-        mu = library * torch.softmax(logits, -1)
-        return lik.NegativeBinomial(mu, torch.exp(log_theta)).log_prob(counts)
+        # torch's NB counts successes before theta failures, success logit log(mu / theta)
+        log_mu = torch.log(library) + torch.log_softmax(logits, -1)
+        px = torch.distributions.NegativeBinomial(
+            total_count=torch.exp(log_theta), logits=log_mu - log_theta, validate_args=False
+        )
+        return px.log_prob(counts)
 
     def bernoulli(*args):
         return lik.ScaledBernoulli(*args).log_prob(binary)
