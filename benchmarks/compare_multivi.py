@@ -1163,7 +1163,7 @@ def merge_reports(reports: list[dict]) -> dict:
             if method in merged["methods"]:
                 raise ValueError(f"{method} is in more than one report; merge one run of each")
             merged["methods"][method] = result
-            commit = ((report.get("git") or {}).get("commit") or "not recorded")[:7]
+            commit = ((report.get("git") or {}).get("commit") or "")[:7] or "not recorded"
             origins.append(f"{method} code of {commit}")
         if report["command"] not in commands:
             commands.append(report["command"])
