@@ -156,8 +156,8 @@ class NegativeBinomialLogits(NegativeBinomial):
     dispersion ``exp(log_theta)``.
 
     ``log_prob`` is one fused autograd step (:class:`_NBLogitsLogProb`) that keeps only
-    the softmax for the backward pass, where the plain formula keeps about ten tensors
-    of the minibatch's full size. Same values and gradients as
+    the softmax (and the non-zero counts' positions) for the backward pass, where the
+    plain formula keeps about ten tensors of the minibatch's full size. Same values and gradients as
     ``NegativeBinomial(mu, theta)`` but for its small epsilons (and those of torch's own
     negative binomial with ``total_count=theta``, ``logits=log(mu / theta)``).
 
@@ -309,9 +309,9 @@ class ScaledBernoulli(Distribution):
 
     @property
     def probs(self) -> torch.Tensor:
-        probs = torch.sigmoid(self.logits) * torch.sigmoid(self.region_logit)
-        if self.cell_logit is not None:
-            probs = probs * torch.sigmoid(self.cell_logit)
+        probs = _ScaledBernoulliLogProb._probs(
+            torch.sigmoid(self.logits), self.region_logit, self.cell_logit
+        )
         return probs.clamp(_P_MIN, 1 - _P_MIN)
 
     @property
