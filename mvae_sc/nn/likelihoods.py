@@ -31,12 +31,17 @@ _EPS = 1e-8
 _P_MIN = 1e-6  # Bernoulli probabilities are clamped to [_P_MIN, 1 - _P_MIN]
 
 
+def _at(index: tuple[torch.Tensor, ...], shape: torch.Size, *tensors: torch.Tensor):
+    """The entries at ``index`` of each tensor broadcast to ``shape`` (no copy of the
+    broadcast tensor)."""
+    return tuple(t.expand(shape)[index] for t in tensors)
+
+
 def _at_nonzero_counts(x: torch.Tensor, theta: torch.Tensor, shape: torch.Size):
     """Indices of the non-zero counts of ``x`` broadcast to ``shape``, and the counts
     and inverse dispersions there (the NB's lgamma / digamma terms vanish at zero)."""
-    x = x.expand(shape)
-    index = x.nonzero(as_tuple=True)
-    return index, x[index], theta.expand(shape)[index]
+    index = x.expand(shape).nonzero(as_tuple=True)
+    return index, *_at(index, shape, x, theta)
 
 
 def _nb_log_prob(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -157,9 +162,10 @@ class NegativeBinomialLogits(NegativeBinomial):
 
     ``log_prob`` is one fused autograd step (:class:`_NBLogitsLogProb`) that keeps only
     the softmax (and the non-zero counts' positions) for the backward pass, where the
-    plain formula keeps about ten tensors of the minibatch's full size. Same values and gradients as
-    ``NegativeBinomial(mu, theta)`` but for its small epsilons (and those of torch's own
-    negative binomial with ``total_count=theta``, ``logits=log(mu / theta)``).
+    plain formula keeps about ten tensors of the minibatch's full size. Same values and
+    gradients as ``NegativeBinomial(mu, theta)`` but for its small epsilons (and those of
+    torch's own negative binomial with ``total_count=theta``, ``logits=log(mu /
+    theta)``).
 
     Examples
     --------
@@ -241,7 +247,8 @@ class _NBLogitsLogProb(torch.autograd.Function):
         log_theta_mu = torch.log(library * s + theta)
         out = torch.sub(log_theta, log_theta_mu).mul_(theta)  # theta log(theta / (theta + mu))
         index, x_nz, theta_nz = _at_nonzero_counts(x, theta, out.shape)
-        log_mu_nz = library.expand(out.shape)[index].log() + log_s.expand(out.shape)[index]
+        library_nz, log_s_nz = _at(index, out.shape, library, log_s)
+        log_mu_nz = library_nz.log() + log_s_nz
         terms = x_nz * (log_mu_nz - log_theta_mu[index])
         terms += torch.lgamma(x_nz + theta_nz) - torch.lgamma(theta_nz) - torch.lgamma(x_nz + 1)
         ctx.save_for_backward(s, library, log_theta, x, *index)
@@ -268,9 +275,7 @@ class _NBLogitsLogProb(torch.autograd.Function):
             # at non-zero counts only
             d_theta = torch.log(theta_mu).neg_().add_(log_theta).mul_(grad).mul_(theta)
             d_theta -= weighted
-            x_nz = x.expand(d_theta.shape)[index]
-            theta_nz = theta.expand(d_theta.shape)[index]
-            grad_nz = grad.expand(d_theta.shape)[index]
+            x_nz, theta_nz, grad_nz = _at(index, d_theta.shape, x, theta, grad)
             digammas = torch.digamma(x_nz + theta_nz) - torch.digamma(theta_nz)
             d_theta.index_put_(index, grad_nz * theta_nz * digammas, accumulate=True)
             grad_log_theta = _sum_to(d_theta, log_theta.shape)
@@ -283,9 +288,10 @@ class ScaledBernoulli(Distribution):
     so that log-probabilities stay finite.
 
     ``log_prob`` is one fused autograd step (:class:`_ScaledBernoulliLogProb`) that
-    keeps only ``sigmoid(logits)`` for the backward pass, where composing sigmoids, products and
-    ``Bernoulli`` keeps about fifteen tensors of the minibatch's full size; same values
-    and gradients as ``torch.distributions.Bernoulli(probs)`` on the clamped product.
+    keeps only ``sigmoid(logits)`` for the backward pass, where composing sigmoids,
+    products and ``Bernoulli`` keeps about fifteen tensors of the minibatch's full size;
+    same values and gradients as ``torch.distributions.Bernoulli(probs)`` on the clamped
+    product.
 
     Examples
     --------
