@@ -55,3 +55,44 @@ def test_gpu_training_separates_cell_types_and_matches_cpu_inference():
     # the same weights on the CPU give the same latents
     model.module.to("cpu")
     np.testing.assert_allclose(model.get_latent_representation(), z, atol=1e-3, rtol=1e-3)
+
+
+def test_fused_log_probs_give_the_cpu_values_and_gradients_on_the_gpu():
+    """The hand-written NB and Bernoulli log-probabilities (the non-zero counts are found
+    on the device and kept for the backward pass) give on CUDA the values and gradients
+    they give on the CPU, and under CUDA bf16 autocast are still computed in float32."""
+    from mvae_sc.nn import likelihoods as lik
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 3000, generator=gen).mul(2)
+    library = torch.rand(64, 1, generator=gen).mul(2000).add(200)
+    log_theta, region = torch.randn(3000, generator=gen), torch.randn(3000, generator=gen)
+    cell = torch.randn(64, 1, generator=gen)
+    counts = torch.poisson(torch.rand(64, 3000, generator=gen).pow(4).mul(3), generator=gen)
+    binary = (counts > 0).float()
+    weights = torch.rand(64, 3000, generator=gen)
+
+    def run(device, autocast=False):
+        # copies: the two share no leaf (on the CPU, .to() would return the tensor itself)
+        nb_in = [t.to(device, copy=True).requires_grad_() for t in (logits, library, log_theta)]
+        bern_in = [t.to(device, copy=True).requires_grad_() for t in (logits, region, cell)]
+        if autocast:  # the decoders' logits arrive in bfloat16
+            nb_in[0], bern_in[0] = nb_in[0].bfloat16(), bern_in[0].bfloat16()
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
+            nb = lik.NegativeBinomialLogits(*nb_in).log_prob(counts.to(device))
+            bern = lik.ScaledBernoulli(*bern_in).log_prob(binary.to(device))
+        loss = ((nb + bern) * weights.to(device)).sum()
+        grads = torch.autograd.grad(loss, [*nb_in, *bern_in[1:]])
+        return [t.detach().float().cpu() for t in (nb, bern, *grads)], (nb.dtype, bern.dtype)
+
+    cpu, _ = run("cpu")
+    gpu, _ = run("cuda")
+    for got, expected in zip(gpu, cpu, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)
+    gpu_bf16, dtypes = run("cuda", autocast=True)
+    cpu_bf16, _ = run("cpu", autocast=True)
+    assert dtypes == (torch.float32, torch.float32)
+    # the same bfloat16 logits give the same float32 log-probabilities on either device
+    for got, expected in zip(gpu_bf16[:2], cpu_bf16[:2], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)
+    assert all(torch.isfinite(g).all() for g in gpu_bf16)
