@@ -1,14 +1,23 @@
-"""Shared fixtures: small synthetic mosaic data and one trained model per session."""
+"""Shared fixtures: small synthetic mosaic data and one trained model per test process
+(pytest-xdist worker)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mudata
 import pytest
+import torch
 
 # Adopt mudata's coming default (0.4) so its FutureWarning does not fire in every test.
 mudata.set_options(pull_on_update=False)
+
+# The test processes share the machine's cores, unless OMP_NUM_THREADS says otherwise
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (_cores or 1) // _WORKERS))
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
