@@ -78,7 +78,7 @@ def test_fused_log_probs_give_the_cpu_values_and_gradients_on_the_gpu():
         bern_in = [t.to(device, copy=True).requires_grad_() for t in (logits, region, cell)]
         if autocast:  # the decoders' logits arrive in bfloat16
             nb_in[0], bern_in[0] = nb_in[0].bfloat16(), bern_in[0].bfloat16()
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             nb = lik.NegativeBinomialLogits(*nb_in).log_prob(counts.to(device))
             bern = lik.ScaledBernoulli(*bern_in).log_prob(binary.to(device))
         loss = ((nb + bern) * weights.to(device)).sum()
