@@ -447,7 +447,10 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
     import mvae_sc
 
     mvae_sc.MVAE.setup_mudata(mdata, batch_key=BATCH if mdata.obs[BATCH].nunique() > 1 else None)
-    model = mvae_sc.MVAE(mdata, n_latent=N_LATENT, n_hidden=N_HIDDEN, seed=_model_seed(args))
+    options = {} if args.adversary_weight is None else {"adversary_weight": args.adversary_weight}
+    model = mvae_sc.MVAE(
+        mdata, n_latent=N_LATENT, n_hidden=N_HIDDEN, seed=_model_seed(args), **options
+    )
     max_epochs = _epoch_budget(args, "mvae_sc")
     rss_data = _peak_rss_mb()
     start = time.perf_counter()
@@ -477,6 +480,9 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
             "likelihoods": "rna: nb, atac: bernoulli (defaults)",
             "fusion": "poe",
             "batch": f"batch_key={BATCH!r} (one-hot into the decoders)",
+            "adversary_weight": (
+                model.module.adversary_weight if model.module.discriminator is not None else None
+            ),
             "early_stopping": "validation ELBO, patience 20, best weights restored",
             "imputation": "impute(target): decoded from the modalities each cell has; "
             "RNA as expression per 10k, ATAC probability incl. region factor",
@@ -680,6 +686,7 @@ def _child_command(args: argparse.Namespace, method: str, out: str) -> list[str]
         ("--rna-mod", args.rna_mod),
         ("--atac-mod", args.atac_mod),
         ("--model-seed", args.model_seed),
+        ("--adversary-weight", args.adversary_weight),
         ("--max-epochs", args.max_epochs),
         ("--multivi-max-epochs", args.multivi_max_epochs),
         ("--rna-layer", args.rna_layer),
@@ -1243,6 +1250,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.01,
         help="real data: drop features detected in fewer than this fraction of cells",
+    )
+    parser.add_argument(
+        "--adversary-weight",
+        type=float,
+        default=None,
+        help="mvae_sc's MVAE(adversary_weight=...) (default: the library's), to study how "
+        "much batch mixing the adversary buys",
     )
     parser.add_argument(
         "--max-epochs",
