@@ -160,8 +160,10 @@ class MVAE:
         encoders (default False: decoders only, so z need not carry them).
     adversarial_batch, adversary_weight
         Adversarial batch correction: a discriminator on the posterior means of z
-        learns to predict ``batch_key`` while the encoders learn to make its guess
-        uniform, with weight ``adversary_weight`` (warmed up with the KL weight; 10).
+        (told which modalities' experts each posterior fuses) learns to predict
+        ``batch_key`` while the encoders learn to make its guess no better than the
+        batches' frequencies among posteriors of the same experts, with weight
+        ``adversary_weight`` (warmed up with the KL weight; 10).
         Default (None): on when ``batch_key`` has two or more batches. It pairs with
         the KL weight below 1 that :meth:`train` uses by default on count data
         (``max_kl_weight``):
@@ -1041,6 +1043,8 @@ class MVAE:
         model.mdata = mdata
         model._data = model._cell_data(mdata)
         model.module = _build_module(registry, model.var_names, model.init_params)
+        if config["format_version"] < 3:
+            state = _discriminator_of_format_2(state, model.module)
         try:
             model.module.load_state_dict(state)
         except RuntimeError as err:
@@ -1078,6 +1082,23 @@ def _build_module(
         classification_weight=params.get("classification_weight", 0.0),
         **architecture,
     )
+
+
+def _discriminator_of_format_2(state: dict, module: MVAEModule) -> dict:
+    """Weights written before format 3 had a discriminator that saw z alone and no batch
+    prior: zero weights on the experts it now also sees make it the same function of z,
+    and the prior starts uniform, the target it had."""
+    if module.discriminator is None:
+        return state
+    state = dict(state)
+    first = next(n for n, p in module.discriminator.named_parameters() if p.dim() == 2)
+    key = f"discriminator.{first}"
+    if key in state:
+        weight = state[key]
+        extra = module.discriminator.get_parameter(first).shape[1] - weight.shape[1]
+        state[key] = torch.cat([weight, weight.new_zeros(weight.shape[0], extra)], 1)
+    state.setdefault("batch_prior.weight", torch.zeros_like(module.batch_prior.weight))
+    return state
 
 
 # ``hidden_widths`` is absent from files of format 1, whose modalities all had ``n_hidden``

@@ -16,7 +16,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-FORMAT_VERSION = 2  # 2: per-modality hidden widths in init_params (format 1 still read)
+# 2: per-modality hidden widths in init_params; 3: the discriminator sees which experts
+# each posterior fuses, and a batch prior (formats 1 and 2 still read)
+FORMAT_VERSION = 3
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 

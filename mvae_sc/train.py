@@ -337,12 +337,13 @@ class TrainingPlan(pl.LightningModule):
         # finding the batch signal the encoders are hiding (a slow one is fooled by a z
         # that merely moves the signal elsewhere).
         disc = self.module.discriminator
-        disc_params = set() if disc is None else {id(p) for p in disc.parameters()}
-        groups = [{"params": [p for p in self.module.parameters() if id(p) not in disc_params]}]
-        if disc is not None:
-            groups.append(
-                {"params": list(disc.parameters()), "lr": self.lr * DISCRIMINATOR_LR_FACTOR}
-            )
+        disc_params = (
+            [] if disc is None else [*disc.parameters(), *self.module.batch_prior.parameters()]
+        )
+        ids = {id(p) for p in disc_params}
+        groups = [{"params": [p for p in self.module.parameters() if id(p) not in ids]}]
+        if disc_params:
+            groups.append({"params": disc_params, "lr": self.lr * DISCRIMINATOR_LR_FACTOR})
         # The fused update is one pass over each parameter: several times faster than
         # the per-tensor loop on a CPU, where that loop was a tenth of a step at real
         # widths. float16 with a gradient scaler keeps the unfused one (see below).

@@ -130,8 +130,9 @@ def test_adversary_needs_two_batches(mdata):
 
 
 def test_adversary_gradients_train_each_side_only(mdata):
-    """The discriminator's loss moves only the discriminator; the adversary loss moves
-    only the encoders (and it pushes the discriminator's guess towards uniform)."""
+    """The discriminator's loss moves only the discriminator and the batch prior; the
+    adversary loss moves only the encoders (it pushes the discriminator's guess towards
+    the prior)."""
     mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch")
     model = mvae_sc.MVAE(mdata, n_latent=4, n_hidden=16, adversarial_batch=True)
     module = model.module
@@ -142,24 +143,78 @@ def test_adversary_gradients_train_each_side_only(mdata):
     def grads(loss):
         module.zero_grad()
         loss.backward(retain_graph=True)
-        disc = sum(
-            float(p.grad.abs().sum())
-            for p in module.discriminator.parameters()
-            if p.grad is not None
-        )
-        enc = sum(
-            float(p.grad.abs().sum()) for p in module.encoders.parameters() if p.grad is not None
-        )
-        return disc, enc
 
-    disc, enc = grads(out["discriminator_loss"])
-    assert disc > 0 and enc == 0
-    disc, enc = grads(out["adversary_loss"])
-    assert disc == 0 and enc > 0
+        def total(params):
+            return sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
+
+        return (
+            total(module.discriminator.parameters()),
+            total(module.batch_prior.parameters()),
+            total(module.encoders.parameters()),
+        )
+
+    disc, prior, enc = grads(out["discriminator_loss"])
+    assert disc > 0 and prior > 0 and enc == 0
+    disc, prior, enc = grads(out["adversary_loss"])
+    assert disc == 0 and prior == 0 and enc > 0
     # validation: scored, not part of the loss
     val = module.loss(batch, adversary_scale=None)
     assert float(val["adversary_loss"]) == 0.0
     torch.testing.assert_close(val["loss"], -val["elbo"], rtol=1e-5, atol=1e-3)
+
+
+def test_batch_prior_learns_how_often_each_batch_comes_with_each_set_of_experts(mdata):
+    """The adversary's target is the batch frequency among posteriors that fuse the same
+    experts. Here the RNA-only cells are one batch and every other cell the other: the
+    joint posteriors of paired cells (RNA + ATAC) are all of the second batch, and the
+    RNA-alone posteriors are the RNA-only cells' joints and the paired cells' RNA
+    experts, weighted as in the loss (a paired cell's three posteriors share its
+    weight)."""
+    mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch")
+    model = mvae_sc.MVAE(mdata, n_latent=4, n_hidden=16, adversarial_batch=True)
+    module = model.module
+    batch = densify_batch(model._data.minibatch(np.arange(mdata.n_obs)))
+    rna, atac = batch["mask"]["rna"], batch["mask"]["atac"]
+    batch["batch_index"] = (rna & ~atac).long()
+    n_paired, n_rna_only = int((rna & atac).sum()), int((rna & ~atac).sum())
+    assert n_paired > 10 and n_rna_only > 10
+    optimizer = torch.optim.Adam(module.batch_prior.parameters(), lr=0.1)
+    for _ in range(300):
+        optimizer.zero_grad()
+        module.loss(batch, adversary_scale=1.0)["discriminator_loss"].backward()
+        optimizer.step()
+    prior = torch.softmax(module.batch_prior.weight.detach(), -1)[:, 1]  # code: rna 1, atac 2
+    assert float(prior[3]) < 0.02  # RNA + ATAC: paired cells only
+    assert float(prior[1]) == pytest.approx(n_rna_only / (n_rna_only + n_paired / 3), abs=0.02)
+    assert float(prior[2]) < 0.02  # ATAC alone: ATAC-only cells and paired cells
+
+
+def test_adversary_target_is_the_batch_prior_not_uniform(mdata):
+    """With unequal batches, a discriminator that can say no more than the batches'
+    frequencies is where the encoders should want it: the adversary loss is lowest when
+    its guess is the prior (a uniform target would push the encoders to separate cells
+    of the larger batch until the guess is 50:50 somewhere)."""
+    mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch")
+    model = mvae_sc.MVAE(mdata, n_latent=4, n_hidden=16, adversarial_batch=True)
+    module = model.module
+    module.eval()  # no dropout in the discriminator
+    batch = densify_batch(model._data.minibatch(np.arange(mdata.n_obs)))
+    prior = torch.log(torch.tensor([0.8, 0.2]))
+    with torch.no_grad():
+        module.batch_prior.weight.copy_(prior.expand_as(module.batch_prior.weight))
+        module.discriminator[-1].weight.zero_()  # the guess ignores z: logits = bias
+
+    def adversary_loss(guess: torch.Tensor) -> float:
+        with torch.no_grad():
+            module.discriminator[-1].bias.copy_(guess)
+            return float(module.loss(batch, adversary_scale=1.0)["adversary_loss"])
+
+    entropy = float(-(prior.exp() * prior).sum())
+    at_prior = adversary_loss(prior)
+    assert at_prior == pytest.approx(module.adversary_weight * entropy, rel=1e-4)
+    assert at_prior < adversary_loss(torch.zeros(2))  # the uniform guess
+    assert at_prior < adversary_loss(torch.log(torch.tensor([0.7, 0.3])))
+    assert at_prior < adversary_loss(torch.log(torch.tensor([0.9, 0.1])))
 
 
 def test_classification_loss_uses_labelled_cells_only(mdata):

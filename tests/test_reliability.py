@@ -13,6 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 import mvae_sc
@@ -336,6 +337,42 @@ def test_backed_training_equals_in_memory(tmp_path, dataset, modalities):
         imputed.append(model.impute("rna", batch_size=50))
     np.testing.assert_allclose(latents[1], latents[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(imputed[1], imputed[0], rtol=1e-5, atol=1e-6)
+
+
+def test_format_2_files_load_with_a_discriminator_of_z_alone(small, tmp_path):
+    """Before format 3 the discriminator saw z alone and there was no batch prior: such
+    files load, the discriminator gives the same logits from z whatever experts it is
+    told of, and the prior starts uniform."""
+    mdata = small.copy()
+    model = _model(mdata)  # two batches: the adversary is on
+    model.train(max_epochs=1, enable_progress_bar=False)
+    disc = model.module.discriminator
+    first = disc[0].blocks[0].linear
+    n_latent = model.module.n_latent
+    with torch.no_grad():
+        first.weight[:, n_latent:] = 0.0  # a discriminator of z alone
+    model.save(tmp_path / "old")
+    # rewrite the files as format 2 wrote them
+    state = safetensors.torch.load_file(tmp_path / "old" / "model.safetensors")
+    key = "discriminator.0.blocks.0.linear.weight"
+    assert key in state and "batch_prior.weight" in state
+    state[key] = state[key][:, :n_latent].contiguous()
+    del state["batch_prior.weight"]
+    safetensors.torch.save_file(state, tmp_path / "old" / "model.safetensors")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    config["format_version"] = 2
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+
+    loaded = mvae_sc.MVAE.load(tmp_path / "old", mdata)
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), model.get_latent_representation()
+    )
+    z = torch.randn(5, n_latent)
+    for experts in ([1.0, 0.0], [0.0, 1.0], [1.0, 1.0]):
+        x = torch.cat([z, torch.tensor([experts]).expand(5, 2)], 1)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.module.discriminator(x), disc.eval()(x))
+    assert not loaded.module.batch_prior.weight.any()
 
 
 def test_format_1_files_load_with_one_width_for_every_modality(small, tmp_path):

@@ -45,13 +45,15 @@ class Posterior:
     """Gaussian posterior components over z with their per-cell weights.
 
     ``mu``/``logvar``: (K, B, D); ``weight``: (K, B); ``mixture``: whether the components
-    form one mixture posterior (MoE/MoPoE) or separate objectives (PoE).
+    form one mixture posterior (MoE/MoPoE) or separate objectives (PoE); ``experts``:
+    (K, B, M) bool, which modalities' experts each component fuses.
     """
 
     mu: torch.Tensor
     logvar: torch.Tensor
     weight: torch.Tensor
     mixture: bool
+    experts: torch.Tensor
 
 
 def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -112,8 +114,10 @@ class MVAEModule(nn.Module):
         ``"poe"``, ``"moe"`` or ``"mopoe"``.
     n_batches, adversary_weight
         With ``adversary_weight > 0`` and two or more batches, a discriminator MLP on z
-        predicts the batch while the encoders, with weight ``adversary_weight`` (times
-        the warm-up factor passed to :meth:`loss`), learn to make its guess uniform.
+        and the set of experts z comes from predicts the batch while the encoders, with
+        weight ``adversary_weight`` (times the warm-up factor passed to :meth:`loss`),
+        learn to make its guess the batch prior of that set of experts (see
+        :meth:`_discrimination`).
     n_label_outputs, label_type, classification_weight
         A supervised head on z: ``n_label_outputs`` classes (``"categorical"``) or one
         value (``"continuous"``, standardised); 0 for none. Its loss (cross-entropy or
@@ -176,9 +180,13 @@ class MVAEModule(nn.Module):
             }
         )
         self.adversary_weight = adversary_weight
-        self.discriminator = (
-            _head(n_latent, n_batches, n_hidden) if adversary_weight > 0 and n_batches > 1 else None
-        )
+        self.discriminator = self.batch_prior = None
+        if adversary_weight > 0 and n_batches > 1:
+            n_modalities = len(modalities)
+            self.discriminator = _head(n_latent + n_modalities, n_batches, n_hidden)
+            # batch logits for each set of experts (a bit per modality), from 0: uniform
+            self.batch_prior = nn.Embedding(2**n_modalities, n_batches)
+            nn.init.zeros_(self.batch_prior.weight)
         self.label_type = label_type
         self.classification_weight = classification_weight
         self.classifier = _head(n_latent, n_label_outputs, n_hidden) if n_label_outputs else None
@@ -258,21 +266,30 @@ class MVAEModule(nn.Module):
         self, mu: torch.Tensor, logvar: torch.Tensor, presence_mask: torch.Tensor
     ) -> Posterior:
         """The posterior components the objective is taken over (see module docstring)."""
+        n_modalities, n_cells = presence_mask.shape
+        single = torch.eye(n_modalities, dtype=torch.bool, device=presence_mask.device)
+        single = single.unsqueeze(1).expand(n_modalities, n_cells, n_modalities)
         if self.fusion == "moe":
-            return Posterior(*fu.moe(mu, logvar, presence_mask), mixture=True)
+            return Posterior(*fu.moe(mu, logvar, presence_mask), mixture=True, experts=single)
         if self.fusion == "poe":
             joint_mu, joint_logvar = fu.poe(mu, logvar, presence_mask)
             comps_mu, comps_logvar = joint_mu.unsqueeze(0), joint_logvar.unsqueeze(0)
             weights = torch.ones_like(presence_mask[:1], dtype=mu.dtype)
-            if len(self.modality_names) > 1:
+            experts = presence_mask.T.unsqueeze(0)
+            if n_modalities > 1:
                 single_mu, single_logvar = fu.single_expert_posteriors(mu, logvar, presence_mask)
                 comps_mu = torch.cat([comps_mu, single_mu])
                 comps_logvar = torch.cat([comps_logvar, single_logvar])
                 paired = presence_mask.sum(0, keepdim=True) >= 2
                 weights = torch.cat([weights, (presence_mask & paired).to(mu.dtype)])
-            return Posterior(comps_mu, comps_logvar, weights, False)
+                experts = torch.cat([experts, single])
+            return Posterior(comps_mu, comps_logvar, weights, False, experts)
         comp_mu, comp_logvar, weight = fu.mopoe(mu, logvar, presence_mask)
-        return Posterior(comp_mu, comp_logvar, weight, True)
+        members = torch.zeros(len(weight), n_modalities, dtype=torch.bool, device=mu.device)
+        for k, subset in enumerate(fu.subsets(n_modalities)):
+            members[k, list(subset)] = True
+        experts = members.unsqueeze(1).expand(len(weight), n_cells, n_modalities)
+        return Posterior(comp_mu, comp_logvar, weight, True, experts)
 
     def fused_mean(
         self, mu: torch.Tensor, logvar: torch.Tensor, presence_mask: torch.Tensor
@@ -384,12 +401,16 @@ class MVAEModule(nn.Module):
         """
         mu, logvar, presence = self.encode(batch)
         post = self.posterior(mu, logvar, presence)
+
+        def term(k):
+            return post.mu[k], post.logvar[k], post.weight[k], post.experts[k]
+
         if stratified:
-            terms = [(post.mu[k], post.logvar[k], post.weight[k]) for k in range(post.mu.shape[0])]
+            terms = [term(k) for k in range(post.mu.shape[0])]
         else:
             # PoE keeps its joint component (0) exact and samples one of the others.
             first = 0 if post.mixture else 1
-            terms = [(post.mu[k], post.logvar[k], post.weight[k]) for k in range(first)]
+            terms = [term(k) for k in range(first)]
             weight = post.weight[first:]
             total_weight = weight.sum(0)  # (B,)
             if weight.shape[0] and bool((total_weight > 0).any()):
@@ -398,20 +419,27 @@ class MVAEModule(nn.Module):
                 )
                 choice = first + torch.multinomial(probs.T, 1).squeeze(-1)  # (B,)
                 cells = torch.arange(choice.shape[0], device=choice.device)
-                terms.append((post.mu[choice, cells], post.logvar[choice, cells], total_weight))
+                terms.append(
+                    (
+                        post.mu[choice, cells],
+                        post.logvar[choice, cells],
+                        total_weight,
+                        post.experts[choice, cells],
+                    )
+                )
         prior = Normal(torch.zeros_like(mu[0]), torch.ones_like(mu[0]))
         total_recon = torch.zeros_like(mu[0, :, 0])
         total_kl = torch.zeros_like(total_recon)
         recon_parts = {name: torch.zeros_like(total_recon) for name in self.modality_names}
-        sampled = []  # (z, w, mean of z) of every term, for the heads on z
-        for comp_mu, comp_logvar, w in terms:
+        sampled = []  # (z, w, mean of z, experts) of every term, for the heads on z
+        for comp_mu, comp_logvar, w, experts in terms:
             qz = Normal(comp_mu, torch.exp(0.5 * comp_logvar))
             z = qz.rsample()
             if post.mixture:
                 kl = mixture_kl_sample(z, post.mu, post.logvar, post.weight)
             else:
                 kl = kl_divergence(qz, prior).sum(-1)
-            sampled.append((z, w, comp_mu))
+            sampled.append((z, w, comp_mu, experts))
             # A term weighs nothing for some cells (a single-expert term of an unpaired
             # cell, a mixture component the cell lacks): their rows are not decoded.
             recon = self.reconstruction(z, batch, rows=w > 0)
@@ -440,7 +468,7 @@ class MVAEModule(nn.Module):
         labelled = batch["labelled"]
         target = batch["label"]
 
-        def loss(z: torch.Tensor, _mean: torch.Tensor) -> torch.Tensor:
+        def loss(z: torch.Tensor, _mean: torch.Tensor, _experts: torch.Tensor) -> torch.Tensor:
             prediction = self.classifier(z)
             if self.label_type == "categorical":
                 return nn.functional.cross_entropy(prediction, target.long(), reduction="none")
@@ -461,22 +489,44 @@ class MVAEModule(nn.Module):
         decodes (means, not samples: the embedding users get is the mean, and sampling
         noise would hide a batch signal the mean still carries).
 
-        ``discriminator_loss``: its cross-entropy on detached means (trains only the
-        discriminator). ``adversary_loss``: the cross-entropy of the same predictions,
-        with the discriminator's weights frozen, against the uniform distribution over
-        batches, times ``scale`` — it trains only the encoders, towards means from
-        which the batch cannot be told (not towards flipping the guess, as a reversed
-        gradient does, which makes the game oscillate). Accuracy is on the first
-        component (the joint for PoE)."""
+        The discriminator sees each mean with the set of experts it fuses (RNA alone,
+        ATAC alone, both, ...), so it tells batches apart among posteriors of one kind:
+        the encoders cannot fool it by moving one modality's posteriors of one batch
+        onto another modality's of the other, which mixes batches by pulling the
+        modalities apart. ``batch_prior`` learns how often each batch comes with each set
+        of experts; that frequency, not the uniform distribution, is the target, as it
+        is what a discriminator can at best say of a z that holds no batch information
+        (with unequal batches, or batches measured in different modalities, a uniform
+        target would push the encoders to separate cells by batch).
+
+        ``discriminator_loss``: the discriminator's and the prior's cross-entropy on
+        detached means (trains only them). ``adversary_loss``: the cross-entropy of the
+        discriminator's predictions, with its weights frozen, against the prior, times
+        ``scale`` — it trains only the encoders, towards means from which the batch
+        cannot be told better than from the experts alone (not towards flipping the
+        guess, as a reversed gradient does, which makes the game oscillate). Accuracy
+        is on the first component (the joint for PoE)."""
         frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
+        bits = 2 ** torch.arange(len(self.modality_names), device=batch_index.device)
 
-        def disc(_z: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-            logits = self.discriminator(mean.detach())
-            return nn.functional.cross_entropy(logits, batch_index, reduction="none")
+        def prior_logits(experts: torch.Tensor) -> torch.Tensor:
+            return self.batch_prior((experts.long() * bits).sum(-1))
 
-        def fool(_z: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-            logits = torch.func.functional_call(self.discriminator, frozen, (mean,))
-            return -torch.log_softmax(logits, -1).mean(-1)
+        def features(mean: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+            return torch.cat([mean, experts.to(mean.dtype)], -1)
+
+        def disc(_z: torch.Tensor, mean: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+            logits = self.discriminator(features(mean.detach(), experts))
+            return nn.functional.cross_entropy(
+                logits, batch_index, reduction="none"
+            ) + nn.functional.cross_entropy(prior_logits(experts), batch_index, reduction="none")
+
+        def fool(_z: torch.Tensor, mean: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+            logits = torch.func.functional_call(
+                self.discriminator, frozen, (features(mean, experts),)
+            )
+            target = torch.softmax(prior_logits(experts).detach(), -1)
+            return -(target * torch.log_softmax(logits, -1)).sum(-1)
 
         disc_loss = _term_average(sampled, disc).mean()
         adversary = (
@@ -485,7 +535,8 @@ class MVAEModule(nn.Module):
             else torch.zeros((), device=batch_index.device)
         )
         with torch.no_grad():
-            guess = self.discriminator(sampled[0][2]).argmax(-1)
+            _z, _w, mean, experts = sampled[0]
+            guess = self.discriminator(features(mean, experts)).argmax(-1)
         return {
             "discriminator_loss": disc_loss,
             "adversary_loss": adversary,
@@ -519,11 +570,11 @@ def _on_present_rows(present: torch.Tensor, fn, *inputs):
 
 
 def _term_average(sampled: list, value) -> torch.Tensor:
-    """Per-cell average of ``value(z, mean)`` over the ELBO's terms ``(z, w, mean)``,
-    weighted like them: ``sum_k w_k value_k / sum_k w_k``."""
+    """Per-cell average of ``value(z, mean, experts)`` over the ELBO's terms ``(z, w,
+    mean, experts)``, weighted like them: ``sum_k w_k value_k / sum_k w_k``."""
     total = total_w = 0.0
-    for z, w, mean in sampled:
-        total = total + w * value(z, mean)
+    for z, w, mean, experts in sampled:
+        total = total + w * value(z, mean, experts)
         total_w = total_w + w
     return total / total_w.clamp(min=1e-12)
 
