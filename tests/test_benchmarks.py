@@ -426,6 +426,23 @@ def test_outcome_across_labs_benchmark_runs(tmp_path):
     assert report["summary"]["1.5:0.5"]["runs"] == 1
 
 
+def test_adversary_unequal_batches_benchmark_runs(tmp_path):
+    out = tmp_path / "unequal.json"
+    command = [sys.executable, str(SCRIPT.with_name("adversary_unequal_batches.py"))]
+    _run(command + ["--seeds", "3", "--keep", "0.2", "--smoke", "--out", str(out)])
+    run = json.loads(out.read_text())["runs"]["3"]
+    sizes = sorted(run["batch_sizes"].values())
+    assert sizes[0] < 0.35 * sizes[1]  # the second batch cut to about a fifth
+    for name in ("no_adversary", "adversary"):
+        assert set(run[name]) == {
+            "ari",
+            "silhouette_label",
+            "batch_entropy",
+            "batch_predictability",
+        }
+        assert 0.5 <= run[name]["batch_predictability"] <= 1
+
+
 def test_classification_weight_benchmark_runs(tmp_path):
     out = tmp_path / "weights.json"
     command = [sys.executable, str(SCRIPT.with_name("classification_weight.py"))]
