@@ -9,7 +9,8 @@ Usage::
 Every cell is paired (as in a Cell Ranger ARC output), with 36,000 genes and 108,000
 peaks by default (GRCh38 has 36,601 genes; the 10x PBMC files about 108,000 peaks), raw
 counts in X, and ``obs["cell_type"]`` and ``obs["batch"]`` (2 batches) as an annotated
-data set has them, plus the simulator's truth (``obsm["true_latent"]``), from which the
+data set has them (``--batch-shares`` for unequal batches, e.g. ``0.45 0.3 0.15 0.1``),
+plus the simulator's truth (``obsm["true_latent"]``), from which the
 comparison scores its within-type R² row and the true latent's references.
 ``compare_multivi.py`` then filters features as it does for real data (1% of cells:
 about 25,000 genes and 86,000 peaks remain) and hides modalities to make its 60/20/20
@@ -21,6 +22,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -29,22 +32,54 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-genes", type=int, default=36_000)
     parser.add_argument("--n-peaks", type=int, default=108_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--batch-shares",
+        type=float,
+        nargs="+",
+        default=None,
+        help="one share of the cells per batch, e.g. 0.45 0.3 0.15 0.1 (default: 2 "
+        "batches of about equal size)",
+    )
     args = parser.parse_args(argv)
+    shares = None
+    if args.batch_shares is not None:
+        shares = np.asarray(args.batch_shares, dtype=float)
+        if len(shares) < 2 or (shares <= 0).any():
+            parser.error("--batch-shares needs two or more positive shares")
+        shares = shares / shares.sum()
 
     import mudata
 
     import mvae_sc
 
     mudata.set_options(pull_on_update=False)
+    n_batches = 2 if shares is None else len(shares)
+    # unequal batches: simulate equal ones, enough for the largest share, and cut each
+    n_simulated = (
+        args.n_cells
+        if shares is None
+        else int(np.ceil(args.n_cells * shares.max() * n_batches * 1.1))
+    )
     source = mvae_sc.datasets.synthetic_multiome(
-        args.n_cells,
+        n_simulated,
         n_genes=args.n_genes,
         n_peaks=args.n_peaks,
-        n_batches=2,
+        n_batches=n_batches,
         frac_rna_only=0,
         frac_atac_only=0,
         seed=args.seed,
     )
+    if shares is not None:
+        rng = np.random.default_rng(args.seed)
+        batches = source.obs["batch"].cat.codes.to_numpy()
+        sizes = np.round(shares * args.n_cells).astype(int)
+        keep = np.concatenate(
+            [
+                rng.choice(np.flatnonzero(batches == b), size, replace=False)
+                for b, size in enumerate(sizes)
+            ]
+        )
+        source = source[np.sort(keep)].copy()
     mods = {name: source.mod[name].copy() for name in ("rna", "atac")}
     for adata in mods.values():
         adata.obs = adata.obs[[]]

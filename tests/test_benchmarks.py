@@ -309,6 +309,18 @@ def test_realistic_h5mu_goes_through_the_real_data_path(tmp_path):
     np.testing.assert_array_equal(data.obsm["true_latent"], source.obsm["true_latent"][rows])
 
 
+def test_realistic_h5mu_writes_unequal_batches(tmp_path):
+    out = tmp_path / "unequal.h5mu"
+    command = [sys.executable, str(SCRIPT.parent / "realistic_h5mu.py"), "--out", str(out)]
+    _run(command + ["--n-cells", "400", "--n-genes", "100", "--n-peaks", "300"]
+         + ["--batch-shares", "9", "6", "3", "2"])  # fmt: skip
+    data = mudata.read_h5mu(out)
+    sizes = data.obs["batch"].value_counts().sort_index().tolist()
+    assert sizes == [180, 120, 60, 40] and data.n_obs == data.mod["atac"].n_obs
+    assert data.obsm["true_latent"].shape[0] == 400
+    assert data.obs.groupby("batch", observed=True)["cell_type"].nunique().min() > 2
+
+
 def test_compare_multivi_reads_a_registry_name(monkeypatch):
     """``--dataset pbmc3k_multiome`` goes through the registry (its checksummed cache)."""
     import mvae_sc
