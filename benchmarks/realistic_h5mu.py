@@ -54,25 +54,32 @@ def main(argv: list[str] | None = None) -> None:
 
     mudata.set_options(pull_on_update=False)
     n_batches = 2 if shares is None else len(shares)
-    # unequal batches: simulate equal ones, enough for the largest share, and cut each
-    n_simulated = (
-        args.n_cells
-        if shares is None
-        else int(np.ceil(args.n_cells * shares.max() * n_batches * 1.1))
-    )
-    source = mvae_sc.datasets.synthetic_multiome(
-        n_simulated,
-        n_genes=args.n_genes,
-        n_peaks=args.n_peaks,
-        n_batches=n_batches,
-        frac_rna_only=0,
-        frac_atac_only=0,
-        seed=args.seed,
-    )
-    if shares is not None:
-        rng = np.random.default_rng(args.seed)
-        batches = source.obs["batch"].cat.codes.to_numpy()
+
+    def simulate(n_cells: int):
+        return mvae_sc.datasets.synthetic_multiome(
+            n_cells,
+            n_genes=args.n_genes,
+            n_peaks=args.n_peaks,
+            n_batches=n_batches,
+            frac_rna_only=0,
+            frac_atac_only=0,
+            seed=args.seed,
+        )
+
+    if shares is None:
+        source = simulate(args.n_cells)
+    else:
+        # unequal batches: simulate equal ones, enough for the largest share, and cut
+        # each; batches are drawn at random, so simulate more if one fell short
         sizes = np.round(shares * args.n_cells).astype(int)
+        n_simulated = int(np.ceil(args.n_cells * shares.max() * n_batches * 1.1))
+        while True:
+            source = simulate(n_simulated)
+            batches = source.obs["batch"].cat.codes.to_numpy()
+            if (np.bincount(batches, minlength=n_batches) >= sizes).all():
+                break
+            n_simulated = int(np.ceil(n_simulated * 1.25))
+        rng = np.random.default_rng(args.seed)
         keep = np.concatenate(
             [
                 rng.choice(np.flatnonzero(batches == b), size, replace=False)

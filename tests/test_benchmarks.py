@@ -319,6 +319,11 @@ def test_realistic_h5mu_writes_unequal_batches(tmp_path):
     assert sizes == [180, 120, 60, 40] and data.n_obs == data.mod["atac"].n_obs
     assert data.obsm["true_latent"].shape[0] == 400
     assert data.obs.groupby("batch", observed=True)["cell_type"].nunique().min() > 2
+    # batches are drawn at random: with seed 1, 110 simulated cells hold fewer than 50
+    # of one batch, so it simulates more rather than fail
+    _run(command + ["--n-cells", "100", "--n-genes", "50", "--n-peaks", "100"]
+         + ["--batch-shares", "1", "1", "--seed", "1"])  # fmt: skip
+    assert mudata.read_h5mu(out).obs["batch"].value_counts().tolist() == [50, 50]
 
 
 def test_compare_multivi_reads_a_registry_name(monkeypatch):
