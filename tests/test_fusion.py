@@ -92,6 +92,16 @@ def test_mopoe_subsets_on_tiny_case():
     logvar = var.log().view(2, 1, 1)
     comp_mu, comp_logvar, weight = fu.mopoe(mu, logvar, torch.ones(2, 1, dtype=torch.bool))
     assert fu.subsets(2) == [(0,), (1,), (0, 1)]
+    assert fu.subset_members(3).tolist() == [
+        [True, False, False], [False, True, False], [False, False, True],
+        [True, True, False], [True, False, True], [False, True, True], [True, True, True],
+    ]  # fmt: skip
+    available, _ = fu.subset_mask(torch.tensor([[True, True], [False, True], [True, False]]))
+    # cell 0 has experts {0, 2}: subsets {0}, {2}, {0, 2}; cell 1 has {0, 1}
+    assert available.T.tolist() == [
+        [True, False, True, False, True, False, False],
+        [True, True, False, True, False, False, False],
+    ]
     precisions = [1 + 2.0, 1 + 0.5, 1 + 2.0 + 0.5]
     means = [2.0 / 3.0, -1.0 / 1.5, (2.0 - 1.0) / 3.5]
     torch.testing.assert_close(comp_logvar.view(-1), -torch.log(torch.tensor(precisions)))

@@ -97,6 +97,15 @@ def subsets(n_modalities: int) -> list[tuple[int, ...]]:
     ]
 
 
+def subset_members(n_modalities: int, device=None) -> torch.Tensor:
+    """Which modalities each subset of :func:`subsets` holds: ``(S, M)`` boolean."""
+    all_subsets = subsets(n_modalities)
+    members = torch.zeros(len(all_subsets), n_modalities, dtype=torch.bool)
+    for k, subset in enumerate(all_subsets):
+        members[k, list(subset)] = True
+    return members.to(device)
+
+
 def subset_mask(presence_mask: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
     """Which subsets are fully present for each cell.
 
@@ -104,9 +113,9 @@ def subset_mask(presence_mask: torch.Tensor) -> tuple[torch.Tensor, list[tuple[i
     -------
     ``(S, B)`` boolean mask (subset s present in cell b) and the list of subsets.
     """
-    all_subsets = subsets(presence_mask.shape[0])
-    rows = [presence_mask[list(s)].all(0) for s in all_subsets]
-    return torch.stack(rows), all_subsets
+    members = subset_members(presence_mask.shape[0], presence_mask.device).unsqueeze(-1)
+    available = (presence_mask.unsqueeze(0) | ~members).all(1)
+    return available, subsets(presence_mask.shape[0])
 
 
 def mopoe_components(
@@ -118,15 +127,10 @@ def mopoe_components(
     -------
     ``mu_s``, ``logvar_s`` of shape ``(S, B, D)`` and the availability mask ``(S, B)``.
     """
-    available, all_subsets = subset_mask(presence_mask)
-    mus, logvars = [], []
-    for s in all_subsets:
-        member = torch.zeros_like(presence_mask)
-        member[list(s)] = True
-        m, lv = poe(mu, logvar, presence_mask & member)
-        mus.append(m)
-        logvars.append(lv)
-    return torch.stack(mus), torch.stack(logvars), available
+    available, _ = subset_mask(presence_mask)
+    members = subset_members(presence_mask.shape[0], presence_mask.device)
+    fused = [poe(mu, logvar, presence_mask & member.unsqueeze(-1)) for member in members]
+    return torch.stack([f[0] for f in fused]), torch.stack([f[1] for f in fused]), available
 
 
 def mixture_weights(available: torch.Tensor) -> torch.Tensor:

@@ -285,9 +285,7 @@ class MVAEModule(nn.Module):
                 experts = torch.cat([experts, single])
             return Posterior(comps_mu, comps_logvar, weights, False, experts)
         comp_mu, comp_logvar, weight = fu.mopoe(mu, logvar, presence_mask)
-        members = torch.zeros(len(weight), n_modalities, dtype=torch.bool, device=mu.device)
-        for k, subset in enumerate(fu.subsets(n_modalities)):
-            members[k, list(subset)] = True
+        members = fu.subset_members(n_modalities, mu.device)
         experts = members.unsqueeze(1).expand(len(weight), n_cells, n_modalities)
         return Posterior(comp_mu, comp_logvar, weight, True, experts)
 
