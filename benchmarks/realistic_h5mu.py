@@ -9,8 +9,9 @@ Usage::
 Every cell is paired (as in a Cell Ranger ARC output), with 36,000 genes and 108,000
 peaks by default (GRCh38 has 36,601 genes; the 10x PBMC files about 108,000 peaks), raw
 counts in X, and ``obs["cell_type"]`` and ``obs["batch"]`` (2 batches) as an annotated
-data set has them (``--batch-shares`` for unequal batches, e.g. ``0.45 0.3 0.15 0.1``),
-plus the simulator's truth (``obsm["true_latent"]``), from which the
+data set has them (``--batch-shares`` for unequal batches, e.g. ``0.45 0.3 0.15 0.1``;
+``--absent type_0@batch_1`` for batches of different cell-type composition, removing
+that type's cells from that batch after simulating), plus the simulator's truth (``obsm["true_latent"]``), from which the
 comparison scores its within-type R² row and the true latent's references.
 ``compare_multivi.py`` then filters features as it does for real data (1% of cells:
 about 25,000 genes and 86,000 peaks remain) and hides modalities to make its 60/20/20
@@ -40,7 +41,18 @@ def main(argv: list[str] | None = None) -> None:
         help="one share of the cells per batch, e.g. 0.45 0.3 0.15 0.1 (default: 2 "
         "batches of about equal size)",
     )
+    parser.add_argument(
+        "--absent",
+        nargs="+",
+        default=[],
+        metavar="TYPE@BATCH",
+        help="remove a cell type's cells from one batch after simulating (batches of "
+        "different composition), e.g. type_0@batch_1 type_7@batch_0",
+    )
     args = parser.parse_args(argv)
+    absent = [tuple(pair.split("@", 1)) for pair in args.absent]
+    if any(len(pair) != 2 for pair in absent):
+        parser.error("--absent takes TYPE@BATCH, e.g. type_0@batch_1")
     shares = None
     if args.batch_shares is not None:
         shares = np.asarray(args.batch_shares, dtype=float)
@@ -87,6 +99,15 @@ def main(argv: list[str] | None = None) -> None:
             ]
         )
         source = source[np.sort(keep)].copy()
+    if absent:
+        obs = source.obs
+        for name, values in (("cell type", obs["cell_type"]), ("batch", obs["batch"])):
+            known = set(values.astype(str))
+            unknown = sorted({pair[name == "batch"] for pair in absent} - known)
+            if unknown:
+                parser.error(f"--absent: no {name} {unknown}; there are {sorted(known)}")
+        pairs = obs["cell_type"].astype(str) + "@" + obs["batch"].astype(str)
+        source = source[~pairs.isin(args.absent).to_numpy()].copy()
     mods = {name: source.mod[name].copy() for name in ("rna", "atac")}
     for adata in mods.values():
         adata.obs = adata.obs[[]]

@@ -326,6 +326,31 @@ def test_realistic_h5mu_writes_unequal_batches(tmp_path):
     assert mudata.read_h5mu(out).obs["batch"].value_counts().tolist() == [50, 50]
 
 
+def test_realistic_h5mu_removes_a_type_from_a_batch(tmp_path):
+    out = tmp_path / "absent.h5mu"
+    command = [sys.executable, str(SCRIPT.parent / "realistic_h5mu.py"), "--out", str(out)]
+    small = ["--n-cells", "300", "--n-genes", "100", "--n-peaks", "300"]
+    _run(command + small)
+    full = mudata.read_h5mu(out)
+    _run(command + small + ["--absent", "type_0@batch_1", "type_7@batch_0"])
+    data = mudata.read_h5mu(out)
+    pairs = set(zip(data.obs["cell_type"].astype(str), data.obs["batch"].astype(str), strict=True))
+    assert ("type_0", "batch_1") not in pairs and ("type_7", "batch_0") not in pairs
+    assert {("type_0", "batch_0"), ("type_7", "batch_1")} <= pairs
+    # the same simulation with those cells taken out, truth and counts alike
+    gone = ((full.obs["cell_type"] == "type_0") & (full.obs["batch"] == "batch_1")) | (
+        (full.obs["cell_type"] == "type_7") & (full.obs["batch"] == "batch_0")
+    )
+    assert gone.sum() > 0 and list(data.obs_names) == list(full.obs_names[~gone.to_numpy()])
+    rows = full.obs_names.get_indexer(data.obs_names)
+    np.testing.assert_array_equal(data.obsm["true_latent"], full.obsm["true_latent"][rows])
+    assert (data.mod["rna"].X != full.mod["rna"].X[rows]).nnz == 0
+    failed = subprocess.run(
+        command + small + ["--absent", "type_0@batch_9"], capture_output=True, text=True
+    )
+    assert failed.returncode != 0 and "no batch ['batch_9']" in failed.stderr
+
+
 def test_compare_multivi_reads_a_registry_name(monkeypatch):
     """``--dataset pbmc3k_multiome`` goes through the registry (its checksummed cache)."""
     import mvae_sc
