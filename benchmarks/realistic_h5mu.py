@@ -11,11 +11,11 @@ peaks by default (GRCh38 has 36,601 genes; the 10x PBMC files about 108,000 peak
 counts in X, and ``obs["cell_type"]`` and ``obs["batch"]`` (2 batches) as an annotated
 data set has them (``--batch-shares`` for unequal batches, e.g. ``0.45 0.3 0.15 0.1``;
 ``--absent type_0@batch_1`` for batches of different cell-type composition, removing
-that type's cells from that batch after simulating), plus the simulator's truth (``obsm["true_latent"]``), from which the
-comparison scores its within-type R² row and the true latent's references.
-``compare_multivi.py`` then filters features as it does for real data (1% of cells:
-about 25,000 genes and 86,000 peaks remain) and hides modalities to make its 60/20/20
-mosaic with held-out truth.
+that type's cells from that batch after simulating), plus the simulator's truth
+(``obsm["true_latent"]``), from which the comparison scores its within-type R² row
+and the true latent's references. ``compare_multivi.py`` then filters features as it
+does for real data (1% of cells: about 25,000 genes and 86,000 peaks remain) and hides
+modalities to make its 60/20/20 mosaic with held-out truth.
 """
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> None:
         source = source[np.sort(keep)].copy()
     if absent:
         obs = source.obs
-        for name, values in (("cell type", obs["cell_type"]), ("batch", obs["batch"])):
-            known = set(values.astype(str))
-            unknown = sorted({pair[name == "batch"] for pair in absent} - known)
+        for index, (name, column) in enumerate((("cell type", "cell_type"), ("batch", "batch"))):
+            known = set(obs[column].astype(str))
+            unknown = sorted({pair[index] for pair in absent} - known)
             if unknown:
                 parser.error(f"--absent: no {name} {unknown}; there are {sorted(known)}")
         pairs = obs["cell_type"].astype(str) + "@" + obs["batch"].astype(str)
