@@ -106,16 +106,17 @@ def subset_members(n_modalities: int, device=None) -> torch.Tensor:
     return members.to(device)
 
 
-def subset_mask(presence_mask: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+def subset_mask(presence_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Which subsets are fully present for each cell.
 
     Returns
     -------
-    ``(S, B)`` boolean mask (subset s present in cell b) and the list of subsets.
+    ``(S, B)`` boolean mask (subset s present in cell b) and the subsets' members
+    ``(S, M)`` (:func:`subset_members`).
     """
-    members = subset_members(presence_mask.shape[0], presence_mask.device).unsqueeze(-1)
-    available = (presence_mask.unsqueeze(0) | ~members).all(1)
-    return available, subsets(presence_mask.shape[0])
+    members = subset_members(presence_mask.shape[0], presence_mask.device)
+    available = (presence_mask.unsqueeze(0) | ~members.unsqueeze(-1)).all(1)
+    return available, members
 
 
 def mopoe_components(
@@ -127,8 +128,7 @@ def mopoe_components(
     -------
     ``mu_s``, ``logvar_s`` of shape ``(S, B, D)`` and the availability mask ``(S, B)``.
     """
-    available, _ = subset_mask(presence_mask)
-    members = subset_members(presence_mask.shape[0], presence_mask.device)
+    available, members = subset_mask(presence_mask)
     fused = [poe(mu, logvar, presence_mask & member.unsqueeze(-1)) for member in members]
     return torch.stack([f[0] for f in fused]), torch.stack([f[1] for f in fused]), available
 
