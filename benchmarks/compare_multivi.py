@@ -458,6 +458,7 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
         max_epochs=max_epochs,
         early_stopping=not args.no_early_stopping,
         seed=_model_seed(args),
+        adversary_balance=args.adversary_balance,
         enable_progress_bar=False,
     )
     train_seconds = time.perf_counter() - start
@@ -483,6 +484,7 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
             "adversary_weight": (
                 model.module.adversary_weight if model.module.discriminator is not None else None
             ),
+            "adversary_balance": model.adversary_weights is not None,
             "early_stopping": "validation ELBO, patience 20, best weights restored",
             "imputation": "impute(target): decoded from the modalities each cell has; "
             "RNA as expression per 10k, ATAC probability incl. region factor",
@@ -498,6 +500,15 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
         info["max_epochs"] = default_max_epochs(n_train // batch_size)
     info["stopped_early"] = bool(epochs < info["max_epochs"])
     info.update(_validation_curve(model.history["validation_loss"]))
+    if model.adversary_weights is not None:
+        # each cell type's mean weight in the balanced adversary, per batch
+        weights = model.adversary_weights.loc[mdata.obs_names].to_numpy()
+        table = pd.Series(weights).groupby(
+            [mdata.obs[BATCH].to_numpy(), mdata.obs[LABEL].to_numpy()]
+        )
+        info["adversary_weight_by_batch_and_type"] = {
+            f"{b} / {t}": float(w) for (b, t), w in table.mean().items()
+        }
     return info, arrays
 
 
@@ -696,6 +707,8 @@ def _child_command(args: argparse.Namespace, method: str, out: str) -> list[str]
             command += [flag, str(value)]
     if args.no_early_stopping:
         command.append("--no-early-stopping")
+    if args.adversary_balance:
+        command.append("--adversary-balance")
     return command
 
 
@@ -1257,6 +1270,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="mvae_sc's MVAE(adversary_weight=...) (default: the library's), to study how "
         "much batch mixing the adversary buys",
+    )
+    parser.add_argument(
+        "--adversary-balance",
+        action="store_true",
+        help="mvae_sc's train(adversary_balance=True): the adversary acts only on cell "
+        "types that the other batches also hold",
     )
     parser.add_argument(
         "--max-epochs",

@@ -49,6 +49,12 @@ KL_WEIGHT_WITH_COUNTS = 0.25
 KL_WEIGHT_CONTINUOUS = 1.0
 
 
+#: ``train(adversary_balance=True)`` clusters z after at least this many optimiser steps:
+#: after 400 the cell types of a 1,350-cell set were not yet told apart, after 800 they
+#: were (README, "Batches of different composition").
+BALANCE_MIN_STEPS = 800
+
+
 def default_kl_weight(likelihoods: Sequence[str]) -> float:
     """The KL weight ``train`` uses unless told: ``1.0`` (the plain ELBO) when every
     modality is ``"gaussian"``, else ``0.25``.
@@ -271,6 +277,8 @@ class MVAE:
         self._set_data_constants(self._data)
         self.history = pd.DataFrame()
         self.precision: str | None = None  # the Lightning precision of the last train()
+        # each cell's weight in the batch adversary in the last train() (None: unbalanced)
+        self.adversary_weights: pd.Series | None = None
         self.is_trained = False
 
     # ---- registration ------------------------------------------------------------------
@@ -373,6 +381,7 @@ class MVAE:
         early_stopping_patience: int = 20,
         n_epochs_kl_warmup: int | None = None,
         max_kl_weight: float | None = None,
+        adversary_balance: bool = False,
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
         precision: str | None = None,
@@ -417,6 +426,21 @@ class MVAE:
             Early stopping monitors the validation loss at this weight; the ELBO
             itself is logged as ``validation_elbo``, the weight as
             ``history["kl_weight"]``.
+        adversary_balance
+            With a batch adversary, let it act only on cells whose cell type the other
+            batches also hold, for batches that differ in composition (donors, tissues,
+            conditions). Training runs without the adversary's pull for the first fifth
+            of the KL warm-up, and at least ``BALANCE_MIN_STEPS`` (800) optimiser steps,
+            to the end of that epoch; the cells of each batch are then clustered in z,
+            each cluster is weighted by how well the other batches' clusters match it
+            (:func:`mvae_sc.train.batch_balance_weights`), and the adversary weighs
+            every cell by that from then on, so a type that only some batches have is
+            kept apart instead of being mixed into other types. The weights are kept in
+            :attr:`adversary_weights`; look at them per cluster before trusting the
+            result: the matching needs a z in which a type looks alike in every batch,
+            and under a strong batch effect it fails (README, "Batches of different
+            composition"). Default False: every cell weighs the same and the adversary
+            acts from the first step.
         accelerator, devices
             Passed to ``lightning.pytorch.Trainer``; ``"auto"`` uses a GPU when present.
             Several devices or nodes: ``train(strategy="ddp", devices=N, num_nodes=M)``
@@ -466,6 +490,12 @@ class MVAE:
             raise ValueError(f"train_size must be in (0, 1], got {train_size!r}.")
         if resume and checkpoint_dir is None:
             raise ValueError("resume=True needs the checkpoint_dir of the run to resume.")
+        if adversary_balance and self.module.discriminator is None:
+            raise ValueError(
+                "adversary_balance=True weighs cells in the batch adversary, but this model "
+                "has none: it needs setup_mudata(batch_key=...) with two or more batches "
+                "and MVAE(adversarial_batch=True) (the default then)."
+            )
         if max_kl_weight is None:
             max_kl_weight = default_kl_weight(
                 [spec.likelihood for spec in self.registry.modalities.values()]
@@ -514,6 +544,11 @@ class MVAE:
             weight_decay=weight_decay,
             n_epochs_kl_warmup=n_epochs_kl_warmup,
             max_kl_weight=max_kl_weight,
+            balance_steps=(
+                max(BALANCE_MIN_STEPS, math.ceil(0.2 * n_epochs_kl_warmup * steps_per_epoch))
+                if adversary_balance
+                else None
+            ),
         )
         validate = train_size < 1
         history = HistoryCallback()
@@ -578,6 +613,11 @@ class MVAE:
         )
         self.is_trained = True
         self.precision = str(trainer.precision)
+        self.adversary_weights = (
+            None
+            if plan.adversary_weights is None
+            else pd.Series(plan.adversary_weights.numpy(), index=self._data.obs_names.copy())
+        )
         if plan.non_finite is not None:
             best = next((c for c in callbacks if isinstance(c, KeepBestWeights)), None)
             kept = (

@@ -50,6 +50,34 @@ def test_adversary_removes_batch_signal_and_keeps_cell_types():
     assert "validation_discriminator_accuracy" in model.history
 
 
+def test_balanced_adversary_keeps_types_that_only_one_batch_has():
+    """Type 0 only in batch 0, type 5 only in batch 1: ``adversary_balance=True`` gives
+    most of their cells weights near 0, and keeps them apart from the other types better than
+    the plain adversary, which mixes each into a type of the other batch."""
+    full = mvae_sc.datasets.synthetic_multiome(
+        1500, n_genes=600, n_peaks=2000, n_cell_types=6, seed=0
+    )
+    kind, batch = full.obs["cell_type"].astype(str), full.obs["batch"].astype(str)
+    absent = ((kind == "type_0") & (batch == "batch_1")) | (
+        (kind == "type_5") & (batch == "batch_0")
+    )
+    lone = ((kind == "type_0") | (kind == "type_5"))[~absent]
+    runs = {}
+    for balance in (True, False):
+        mdata = full[~absent.to_numpy()].copy()
+        mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch")
+        model = mvae_sc.MVAE(mdata, n_latent=10, n_hidden=128)
+        model.train(max_epochs=80, adversary_balance=balance, enable_progress_bar=False)
+        z = model.get_latent_representation()
+        runs[balance] = model, metrics.leiden_ari_nmi(z, mdata.obs["cell_type"].to_numpy())["ari"]
+    assert runs[False][0].adversary_weights is None
+    weights = runs[True][0].adversary_weights
+    assert weights.index.equals(lone.index)
+    assert weights[lone].median() < 0.05, weights[lone].describe()
+    assert weights[~lone].median() > 0.8, weights[~lone].describe()
+    assert runs[True][1] > runs[False][1], (runs[True][1], runs[False][1])
+
+
 def _outcome_split(mdata, *, hide: float, seed: int = 0):
     """Hold out 30% of cells for testing; of the rest, hide a fraction ``hide`` of the
     labels. Returns (test mask, labelled mask)."""

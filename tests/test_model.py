@@ -238,6 +238,15 @@ def test_max_kl_weight_is_checked(trained_mosaic):
             model.train(max_epochs=1, max_kl_weight=bad)
 
 
+def test_adversary_balance_needs_an_adversary():
+    mdata = mvae_sc.datasets.synthetic_multiome(200, n_genes=30, n_peaks=60, seed=0)
+    mvae_sc.MVAE.setup_mudata(mdata, batch_key="batch")
+    model = mvae_sc.MVAE(mdata, n_latent=4, n_hidden=16, adversarial_batch=False)
+    with pytest.raises(ValueError, match="adversary_balance=True .* has none"):
+        model.train(max_epochs=1, adversary_balance=True)
+    assert model.history.empty  # refused before any training
+
+
 def test_default_objective_keeps_weak_continuous_variation():
     """With the old objective (KL weight 1, no adversary) the continuous within-type
     factors largely collapse out of z on this set; the defaults (KL weight 0.25, the

@@ -292,3 +292,36 @@ def test_mixture_elbo_matches_hand_computation(fusion, monkeypatch):
     torch.manual_seed(0)
     got = module.loss(batch, stratified=True)["elbo"]
     torch.testing.assert_close(got, expected)
+
+
+def test_adversary_weight_of_zero_takes_a_cell_out_of_the_batch_game():
+    """A cell of weight 0 neither trains the discriminator nor is pulled by it; the
+    others count as before."""
+    torch.manual_seed(0)
+    module = MVAEModule(
+        {"rna": (12, "nb"), "atac": (20, "bernoulli")},
+        n_latent=3,
+        n_hidden=8,
+        n_batches=2,
+        adversary_weight=1.0,
+    ).eval()
+    batch = _batch()
+    batch["batch_index"] = torch.arange(B) % 2
+
+    def game(weights=None):
+        if weights is not None:
+            batch["adversary_weight"] = weights
+        torch.manual_seed(1)
+        out = module.loss(batch, adversary_scale=1.0)
+        batch.pop("adversary_weight", None)
+        return out["discriminator_loss"], out["adversary_loss"]
+
+    assert all(v == 0 for v in game(torch.zeros(B)))
+    plain = torch.stack(game())
+    assert (plain > 0).all()
+    torch.testing.assert_close(torch.stack(game(torch.ones(B))), plain)
+    # the losses are means of per-cell parts: weight B on one cell gives its part
+    parts = torch.stack([torch.stack(game(B * torch.eye(B)[i])) for i in range(B)])
+    torch.testing.assert_close(parts.mean(0), plain)
+    half = torch.tensor([2.0, 2.0, 2.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(torch.stack(game(half)), 2 * parts[:3].sum(0) / B)

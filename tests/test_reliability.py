@@ -217,7 +217,13 @@ class _Killed(Exception):
     pass
 
 
-def test_killed_training_resumes_to_the_same_result(small, tmp_path):
+@pytest.mark.parametrize("balance", [False, True])
+def test_killed_training_resumes_to_the_same_result(small, tmp_path, monkeypatch, balance):
+    # balanced: the adversary's cell weights are computed at the end of the second
+    # epoch (9 steps each, the first to reach 10), before the kill, and must come back
+    # from the checkpoint
+    monkeypatch.setattr(mvae_sc.model, "BALANCE_MIN_STEPS", 10)
+
     def run(checkpoint_dir, *, kill_at=None, resume=False):
         mdata = small.copy()
         model = _model(mdata, seed=1)
@@ -238,6 +244,7 @@ def test_killed_training_resumes_to_the_same_result(small, tmp_path):
             checkpoint_dir=checkpoint_dir,
             resume=resume,
             callbacks=callbacks,
+            adversary_balance=balance,
         )
         return model
 
@@ -250,6 +257,9 @@ def test_killed_training_resumes_to_the_same_result(small, tmp_path):
         resumed.get_latent_representation(), straight.get_latent_representation()
     )
     assert len(resumed.history) == len(straight.history) == 6
+    if balance:
+        assert straight.adversary_weights.std() > 0  # computed, not all 1
+        np.testing.assert_array_equal(resumed.adversary_weights, straight.adversary_weights)
     np.testing.assert_allclose(
         resumed.history["train_loss"].to_numpy(), straight.history["train_loss"].to_numpy()
     )

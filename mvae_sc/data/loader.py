@@ -318,6 +318,17 @@ class CellData:
         if registry.n_batches:
             self._per_cell["batch_index"] = torch.from_numpy(self.batch_index)
 
+    def set_adversary_weight(self, weights: np.ndarray | None) -> None:
+        """Give every cell a weight in the batch adversary, carried by its minibatches as
+        ``adversary_weight`` (None: remove them; every cell then weighs 1)."""
+        if weights is None:
+            self._per_cell.pop("adversary_weight", None)
+            return
+        weights = np.asarray(weights, dtype=np.float32)
+        if weights.shape != (self.n_cells,):
+            raise ValueError(f"Expected {self.n_cells} weights, got shape {weights.shape}.")
+        self._per_cell["adversary_weight"] = torch.from_numpy(weights).to(self.device)
+
     def presence(self, name: str) -> np.ndarray:
         """Boolean per cell: does the cell have modality ``name``."""
         return self.rows[name] >= 0
@@ -380,7 +391,7 @@ class CellData:
             batch["x"][name] = source.take(rows)
             batch["mask"][name] = rows >= 0
             batch["library"][name] = per_cell["library"][name][cells]
-        for key in ("covariates", "batch_index", "labels", "labelled"):
+        for key in ("covariates", "batch_index", "labels", "labelled", "adversary_weight"):
             if key in per_cell:
                 batch["label" if key == "labels" else key] = per_cell[key][cells]
         return batch

@@ -5,7 +5,10 @@ A minibatch is a dict (built by :mod:`mvae_sc.data.loader`):
 * ``x[mod]``: ``(B, G_mod)`` float values (zeros where the cell lacks the modality),
 * ``mask[mod]``: ``(B,)`` bool, True where the cell has the modality,
 * ``library[mod]``: ``(B, 1)`` total counts of the modality (depth),
-* ``covariates``: ``(B, C)`` one-hot batches and continuous covariates, or absent.
+* ``covariates``: ``(B, C)`` one-hot batches and continuous covariates, or absent,
+* ``batch_index``: ``(B,)`` the batch code, where the MuData has batches,
+* ``adversary_weight``: ``(B,)`` each cell's weight in the batch adversary, or absent
+  (every cell 1); see :func:`mvae_sc.train.batch_balance_weights`.
 
 The objective is a sum over *posterior components* k, each with a per-cell weight
 ``w_k`` (zero where the component is unavailable)::
@@ -456,7 +459,11 @@ class MVAEModule(nn.Module):
                 out["loss"] = out["loss"] + self.classification_weight * out["classification_loss"]
             if self.discriminator is not None and "batch_index" in batch:
                 scale = 0.0 if adversary_scale is None else self.adversary_weight * adversary_scale
-                out.update(self._discrimination(sampled, batch["batch_index"], scale))
+                out.update(
+                    self._discrimination(
+                        sampled, batch["batch_index"], scale, batch.get("adversary_weight")
+                    )
+                )
                 if adversary_scale is not None:
                     out["loss"] = out["loss"] + out["discriminator_loss"] + out["adversary_loss"]
         return out
@@ -481,7 +488,11 @@ class MVAEModule(nn.Module):
         return out
 
     def _discrimination(
-        self, sampled: list, batch_index: torch.Tensor, scale: float
+        self,
+        sampled: list,
+        batch_index: torch.Tensor,
+        scale: float,
+        cell_weight: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The adversarial game on the mean of every posterior component the ELBO
         decodes (means, not samples: the embedding users get is the mean, and sampling
@@ -503,7 +514,11 @@ class MVAEModule(nn.Module):
         ``scale`` — it trains only the encoders, towards means from which the batch
         cannot be told better than from the experts alone (not towards flipping the
         guess, as a reversed gradient does, which makes the game oscillate). Accuracy
-        is on the first component (the joint for PoE)."""
+        is on the first component (the joint for PoE).
+
+        ``cell_weight`` (B,), if given, weighs each cell's part of both losses: a cell of
+        weight 0 (a cell type that no other batch has) neither teaches the
+        discriminator nor is pushed towards other batches' cells."""
         frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
         bits = 2 ** torch.arange(len(self.modality_names), device=batch_index.device)
 
@@ -526,9 +541,12 @@ class MVAEModule(nn.Module):
             target = torch.softmax(prior_logits(experts).detach(), -1)
             return -(target * torch.log_softmax(logits, -1)).sum(-1)
 
-        disc_loss = _term_average(sampled, disc).mean()
+        def cell_mean(per_cell: torch.Tensor) -> torch.Tensor:
+            return per_cell.mean() if cell_weight is None else (cell_weight * per_cell).mean()
+
+        disc_loss = cell_mean(_term_average(sampled, disc))
         adversary = (
-            scale * _term_average(sampled, fool).mean()
+            scale * cell_mean(_term_average(sampled, fool))
             if scale > 0
             else torch.zeros((), device=batch_index.device)
         )
