@@ -13,11 +13,10 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from mudata import MuData
 
 from . import model_files
-from .data.loader import CellData, densify_batch, iterate_chunks
+from .data.loader import CellData, device_minibatches, iterate_chunks
 from .data.registry import UNS_KEY, Registry, build_registry
 from .nn.fusion import poe_weights
 from .nn.module import DISAGREEMENT_MEASURES, FUSIONS, MVAEModule, modality_width
@@ -26,6 +25,7 @@ from .train import (
     KeepBestWeights,
     MuDataModule,
     TrainingPlan,
+    fused_means,
     reuse_freed_memory,
     tensor_core_matmuls,
 )
@@ -706,19 +706,6 @@ class MVAE:
             index[name] = positions
         return index
 
-    def _minibatches(self, data: CellData, batch_size: int):
-        for cells in iterate_chunks(data.n_cells, batch_size):
-            batch = move_data_to_device(data.minibatch(cells), self.device)
-            yield cells, densify_batch(batch)
-
-    def _fused_means(self, data: CellData, batch_size: int, sources: list[str] | None):
-        """Per chunk of cells: ``(cells, batch, z, has_any)``, the posterior mean of z from
-        the ``sources`` experts (all when None) and whether the cell has any of them."""
-        for cells, batch in self._minibatches(data, batch_size):
-            mu, logvar, presence = self.module.encode(batch, modalities=sources)
-            z = self.module.fused_mean(mu, logvar, presence)
-            yield cells, batch, z, presence.any(0).unsqueeze(-1)
-
     def _check_modalities(self, names: Sequence[str], what: str) -> list[str]:
         names = [names] if isinstance(names, str) else list(names)
         unknown = [n for n in names if n not in self.registry.modalities]
@@ -770,7 +757,9 @@ class MVAE:
             key_added = "X_mvae" if sources is None else "X_mvae_" + "_".join(sources)
         self.module.eval()
         latent = np.empty((data.n_cells, self.module.n_latent), dtype=np.float32)
-        for cells, _, z, has_any in self._fused_means(data, batch_size, sources):
+        for cells, _, z, has_any in fused_means(
+            self.module, data, self.device, batch_size, sources
+        ):
             latent[cells] = torch.where(has_any, z, torch.nan).cpu().numpy()
         mdata.obsm[key_added] = latent
         _record(mdata, key_added, {"modality": sources, "fusion": self.module.fusion})
@@ -820,7 +809,9 @@ class MVAE:
         self.module.eval()
         width = len(reg.label_categories) if reg.label_type == "categorical" else 1
         out = np.full((data.n_cells, width), np.nan, dtype=np.float32)
-        for cells, _, z, has_any in self._fused_means(data, batch_size, sources):
+        for cells, _, z, has_any in fused_means(
+            self.module, data, self.device, batch_size, sources
+        ):
             prediction = self.module.predict_labels(z).reshape(len(cells), width)
             out[cells] = torch.where(has_any, prediction, torch.nan).cpu().numpy()
         if reg.label_type == "categorical":
@@ -909,7 +900,9 @@ class MVAE:
         column_index = torch.as_tensor(columns, device=self.device)
         self.module.eval()
         out = np.empty((data.n_cells, len(columns)), dtype=np.float32)
-        for cells, batch, z, has_any in self._fused_means(data, batch_size, sources):
+        for cells, batch, z, has_any in fused_means(
+            self.module, data, self.device, batch_size, sources
+        ):
             values = decoder.normalized_mean(z, batch.get("covariates"))
             if likelihood == "gaussian":
                 values = self.module.unstandardize(target, values)
@@ -966,7 +959,7 @@ class MVAE:
         names = self.registry.modality_names
         weights = np.zeros((data.n_cells, len(names)), dtype=np.float32)
         self.module.eval()
-        for cells, batch in self._minibatches(data, batch_size):
+        for cells, batch in device_minibatches(data, self.device, batch_size):
             _, logvar, presence = self.module.encode(batch)
             weights[cells] = poe_weights(logvar, presence).T.cpu().numpy()
         frame = pd.DataFrame(
@@ -1024,7 +1017,7 @@ class MVAE:
         mdata, data = self._data_for(mdata)
         scores = np.full(data.n_cells, np.nan, dtype=np.float32)
         self.module.eval()
-        for cells, batch in self._minibatches(data, batch_size):
+        for cells, batch in device_minibatches(data, self.device, batch_size):
             total, n_pairs = self.module.pairwise_disagreement(batch, measure)
             score = torch.where(n_pairs > 0, total / n_pairs.clamp(min=1), torch.nan)
             scores[cells] = score.cpu().numpy()

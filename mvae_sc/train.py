@@ -13,9 +13,14 @@ from collections.abc import Iterator
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from .data.loader import CellData, densify_batch, iterate_chunks, minibatch_loader
+from .data.loader import (
+    CellData,
+    densify_batch,
+    device_minibatches,
+    iterate_chunks,
+    minibatch_loader,
+)
 from .nn.module import MVAEModule
 
 logger = logging.getLogger(__name__)
@@ -194,6 +199,22 @@ class MuDataModule(pl.LightningDataModule):
 
     def teardown(self, stage: str | None = None) -> None:
         self.placed = self.data  # free the device copy
+
+
+def fused_means(
+    module: MVAEModule,
+    data: CellData,
+    device: torch.device,
+    batch_size: int,
+    sources: list[str] | None = None,
+) -> Iterator[tuple[np.ndarray, dict, torch.Tensor, torch.Tensor]]:
+    """Per chunk of cells: ``(cells, batch, z, has_any)``, the posterior mean of z from
+    the ``sources`` experts (all when None) and whether the cell has any of them. Call
+    it with the module in eval mode and gradients off."""
+    for cells, batch in device_minibatches(data, device, batch_size):
+        mu, logvar, presence = module.encode(batch, modalities=sources)
+        z = module.fused_mean(mu, logvar, presence)
+        yield cells, batch, z, presence.any(0).unsqueeze(-1)
 
 
 def batch_balance_weights(
@@ -452,10 +473,8 @@ class TrainingPlan(pl.LightningModule):
         training = module.training
         module.eval()
         z = np.empty((data.n_cells, module.n_latent), dtype=np.float32)
-        for cells in iterate_chunks(data.n_cells, 4096):
-            batch = densify_batch(move_data_to_device(data.minibatch(cells), self.device))
-            mu, logvar, presence = module.encode(batch)
-            z[cells] = module.fused_mean(mu, logvar, presence).float().cpu().numpy()
+        for cells, _, means, _ in fused_means(module, data, self.device, 4096):
+            z[cells] = means.float().cpu().numpy()
         module.train(training)
         weights = batch_balance_weights(z, data.batch_index)
         self.adversary_weights = torch.from_numpy(weights)

@@ -563,6 +563,15 @@ def minibatch_loader(
     )
 
 
+def device_minibatches(
+    data: CellData, device: torch.device, batch_size: int
+) -> Iterator[tuple[np.ndarray, dict]]:
+    """All cells of ``data`` in order, in chunks: ``(cells, minibatch)``, the minibatch
+    dense and on ``device`` (for inference)."""
+    for cells in iterate_chunks(data.n_cells, batch_size):
+        yield cells, densify_batch(move_data_to_device(data.minibatch(cells), device))
+
+
 def iterate_chunks(n: int, chunk_size: int) -> Iterator[np.ndarray]:
     """Consecutive index blocks ``[0, chunk_size), [chunk_size, 2*chunk_size), ...``."""
     for start in range(0, n, chunk_size):
