@@ -333,7 +333,13 @@ def _leiden_labels(z: np.ndarray, resolution: float, n_neighbors: int, seed: int
     import scanpy as sc
 
     adata = ad.AnnData(z)
-    sc.pp.neighbors(adata, use_rep="X", n_neighbors=n_neighbors, random_state=seed)
+    # scanpy's neighbours reset the OpenMP thread count that torch shares (to every
+    # core): mid-training, that would change torch's threads for the rest of the run
+    threads = torch.get_num_threads()
+    try:
+        sc.pp.neighbors(adata, use_rep="X", n_neighbors=n_neighbors, random_state=seed)
+    finally:
+        torch.set_num_threads(threads)
     sc.tl.leiden(
         adata,
         resolution=resolution,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from mvae_sc.train import batch_balance_weights
 
@@ -77,3 +78,16 @@ def test_one_batch_gives_ones_and_mismatched_input_is_refused():
     np.testing.assert_array_equal(batch_balance_weights(z, batch), 1.0)
     with pytest.raises(ValueError, match="batch_index has 3"):
         batch_balance_weights(z, batch[:3])
+
+
+def test_torch_keeps_its_thread_count():
+    """scanpy's neighbours reset the OpenMP threads torch shares; training must not see
+    that (a run's floating-point results depend on its thread count)."""
+    z, batch, _ = _clusters([[0, 1], [0, 1]])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        batch_balance_weights(z, batch)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
