@@ -130,6 +130,7 @@ def information(n_cells: int, seed: int, max_epochs: int | None) -> dict:
     from sklearn.neural_network import MLPRegressor
 
     from mvae_sc import metrics
+    from mvae_sc.data.loader import device_minibatches
 
     _, rna_pcs = _test_protocol()
     mdata = _data(n_cells, seed)
@@ -166,7 +167,7 @@ def information(n_cells: int, seed: int, max_epochs: int | None) -> dict:
     sds = {name: [] for name in model.module.modality_names}
     data = model._data_for(None)[1]
     with torch.no_grad():
-        for cells, batch in model._minibatches(data, 1024):
+        for cells, batch in device_minibatches(data, model.device, 1024):
             _, logvar, _ = model.module.encode(batch)
             keep = paired[cells]
             for m, name in enumerate(model.module.modality_names):
