@@ -686,6 +686,7 @@ def foscttm(
     x: np.ndarray,
     y: np.ndarray,
     *,
+    groups: np.ndarray | None = None,
     chunk_size: int | None = None,
 ) -> float:
     """Fraction Of Samples Closer Than the True Match, averaged over both directions.
@@ -696,6 +697,13 @@ def foscttm(
     fraction swaps the roles. The result is the mean over cells and both directions (as
     in SCOT's domain-averaged FOSCTTM): 0 means every cell's true match is its nearest
     neighbor across modalities, about 0.5 means the pairing is random.
+
+    With ``groups`` (e.g. each cell's batch), a cell's true match competes only with the
+    cells of its own group, and the fractions are averaged over all cells. Pooled over
+    batches, FOSCTTM also scores batch correction: batches left apart add cells that
+    count in each fraction's denominator but never compete with the true match (the
+    score falls towards 1/n_batches of the within-batch one), mixed batches add cells of
+    the same state that do compete.
 
     Only ``chunk_size`` rows of the cells x cells distance matrix exist at a time (about
     128 MiB by default, whatever the number of cells), and each block serves both
@@ -710,6 +718,9 @@ def foscttm(
     y
         Cells x dimensions embedding of the same cells, in the same order, from the
         second modality.
+    groups
+        Optional group of each cell (length ``n_cells``), e.g. its batch: score within
+        each group. Every group needs at least 2 cells.
     chunk_size
         Rows of the distance matrix computed at once. ``None`` picks
         ``2**24 // n_cells`` rows (all rows up to 4096 cells).
@@ -727,6 +738,11 @@ def foscttm(
     0.0
     >>> round(foscttm(x, x[::-1]), 4)  # 2 of 2 other cells closer for cells 0 and 2
     0.6667
+    >>> x = np.array([[0.0], [1.0], [3.0], [4.0]])
+    >>> round(foscttm(x, x[::-1]), 4)
+    0.8333
+    >>> foscttm(x, x[::-1], groups=np.array(["a", "a", "b", "b"]))  # 1 of 1 for half the cells
+    0.5
     """
     x = _check_embedding(x, "x")
     y = _check_embedding(y, "y")
@@ -738,12 +754,28 @@ def foscttm(
     n_obs = x.shape[0]
     if n_obs < 2:
         raise ValueError(f"foscttm needs at least 2 paired cells, got {n_obs}")
-    if chunk_size is None:
-        chunk_size = max(1, _BLOCK_ENTRIES // n_obs)
-    elif chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    x_to_y, y_to_x = _closer_than_true_match(x, y, chunk_size)
-    return float((x_to_y.mean() + y_to_x.mean()) / (2.0 * (n_obs - 1)))
+    if groups is None:
+        members = [np.arange(n_obs)]
+    else:
+        codes, n_groups = _check_categories(groups, n_obs, "groups", "x")
+        names = pd.unique(np.asarray(groups))  # in the order of the codes
+        members = [np.flatnonzero(codes == k) for k in range(n_groups)]
+        for name, cells in zip(names, members, strict=True):
+            if len(cells) < 2:
+                raise ValueError(
+                    f"foscttm needs at least 2 paired cells in each group; group '{name}' has "
+                    f"{len(cells)}. Drop the cells of groups that small, or pass groups=None "
+                    "to score all cells together"
+                )
+    total = 0.0
+    for cells in members:
+        n = len(cells)
+        rows = chunk_size if chunk_size is not None else max(1, _BLOCK_ENTRIES // n)
+        x_to_y, y_to_x = _closer_than_true_match(x[cells], y[cells], rows)
+        total += (x_to_y.sum() + y_to_x.sum()) / (2.0 * (n - 1))
+    return float(total / n_obs)
 
 
 # ----------------------------------------------------------------------------------------

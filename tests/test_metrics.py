@@ -239,6 +239,40 @@ def test_foscttm_chunked_matches_unchunked(monkeypatch):
     assert 0.0 < whole < 0.5
 
 
+def test_foscttm_groups_score_each_cell_within_its_group():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(250, 5))
+    y = x + rng.normal(scale=0.7, size=x.shape)
+    groups = np.where(rng.random(250) < 0.3, "b", "a")
+    a, b = groups == "a", groups == "b"
+    expected = (metrics.foscttm(x[a], y[a]) * a.sum() + metrics.foscttm(x[b], y[b]) * b.sum()) / 250
+    assert metrics.foscttm(x, y, groups=groups) == pytest.approx(expected, abs=1e-12)
+    assert metrics.foscttm(x, y, groups=np.zeros(250)) == pytest.approx(metrics.foscttm(x, y))
+
+
+def test_foscttm_groups_leave_out_other_batches_twins():
+    # two batches measure the same 200 states; batch correction puts each cell's twin of
+    # the other batch next to it, which pooled FOSCTTM counts as a miss
+    rng = np.random.default_rng(10)
+    states = rng.normal(size=(200, 4))
+    x = np.vstack([states, states + rng.normal(scale=0.001, size=states.shape)])
+    y = x + rng.normal(scale=0.05, size=x.shape)
+    batches = np.repeat(["b0", "b1"], 200)
+    # the twin is closer than the true match about half the time: 1 / (2 * 399)
+    assert metrics.foscttm(x, y) > 0.001
+    assert metrics.foscttm(x, y, groups=batches) < 0.0002
+
+
+def test_foscttm_groups_need_two_cells_each():
+    x = np.zeros((5, 2))
+    with pytest.raises(ValueError, match="group 'c' has 1. Drop the cells"):
+        metrics.foscttm(x, x, groups=["a", "a", "b", "b", "c"])
+    with pytest.raises(ValueError, match="groups contains 1 missing"):
+        metrics.foscttm(x, x, groups=["a", "a", "b", "b", None])
+    with pytest.raises(ValueError, match="x has 5 rows but groups has 4"):
+        metrics.foscttm(x, x, groups=["a", "a", "b", "b"])
+
+
 def test_foscttm_shape_mismatch():
     with pytest.raises(ValueError, match=r"x has shape \(3, 2\) but y has shape \(4, 2\)"):
         metrics.foscttm(np.zeros((3, 2)), np.zeros((4, 2)))
