@@ -131,6 +131,20 @@ def test_compare_multivi_one_method_and_model_seed(tmp_path):
     other["methods"] = {"multivi": {**report["methods"]["mvae_sc"], "fingerprint": "x"}}
     with pytest.raises(ValueError, match="different data"):
         cm.merge_reports([report, other])
+    # a run from before the within-batch FOSCTTM row: on one batch it gets the pooled
+    # score; with batches it stays missing (the pooled score is another measure there)
+    old_run = {**report["methods"]["mvae_sc"]}
+    old_run["metrics"] = {
+        k: v for k, v in old_run["metrics"].items() if k != "foscttm_paired_within_batch"
+    }
+    one_batch = {k: v for k, v in old_run["metrics"].items() if k != "batch_predictability_chance"}
+    for scores, expected in ((one_batch, old_run["metrics"]["foscttm_paired"]), (None, None)):
+        run = old_run if scores is None else {**old_run, "metrics": scores}
+        older = {**report, "methods": {"multivi": run}}
+        merged = cm.merge_reports([report, older])
+        assert merged["methods"]["multivi"]["metrics"].get("foscttm_paired_within_batch") == (
+            expected
+        )
 
 
 def test_compare_multivi_on_a_real_style_h5mu(tmp_path):
@@ -165,6 +179,12 @@ def test_compare_multivi_on_a_real_style_h5mu(tmp_path):
     scores = report["methods"]["mvae_sc"]["metrics"]
     for key in ("ari", "batch_entropy", "foscttm_paired", "atac_auroc_rna_only"):
         assert 0 <= scores[key] <= 1, (key, scores[key])
+    # with batches, the table's FOSCTTM is within batch, the pooled one is in the notes
+    assert 0 <= scores["foscttm_paired_within_batch"] <= 1
+    assert scores["foscttm_paired_within_batch"] != scores["foscttm_paired"]
+    table = (tmp_path / "compare_multivi_lab_data_n500.md").read_text()
+    assert "| FOSCTTM, paired cells, each modality alone, within batch | ↓ |" in table
+    assert "FOSCTTM pooled over batches (not in the table): mvae_sc " in table
     assert -1 <= scores["rna_pearson_cell_atac_only"] <= 1
     assert scores.get("within_type_factor_r2") is None  # no simulator truth in a file
 
@@ -202,7 +222,9 @@ def test_compare_multivi_on_a_cell_ranger_file_without_labels(tmp_path):
         assert scores[key] is None, key
     for key in ("modality_entropy", "foscttm_paired", "atac_auroc_rna_only"):
         assert 0 <= scores[key] <= 1, (key, scores[key])
+    assert scores["foscttm_paired_within_batch"] == scores["foscttm_paired"]  # one batch
     table = (tmp_path / f"{stem}.md").read_text()
+    assert "FOSCTTM pooled" not in table
     assert "| Leiden ARI vs cell type | ↑ | n/a |" in table
     assert "no labels" in table
 
