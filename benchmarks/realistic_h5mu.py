@@ -34,12 +34,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-peaks", type=int, default=108_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
+        "--n-batches",
+        type=int,
+        default=2,
+        help="number of batches of about equal size (default 2; 1: one batch)",
+    )
+    parser.add_argument(
         "--batch-shares",
         type=float,
         nargs="+",
         default=None,
-        help="one share of the cells per batch, e.g. 0.45 0.3 0.15 0.1 (default: 2 "
-        "batches of about equal size)",
+        help="one share of the cells per batch, e.g. 0.45 0.3 0.15 0.1 (default: "
+        "--n-batches batches of about equal size)",
     )
     parser.add_argument(
         "--absent",
@@ -48,6 +54,19 @@ def main(argv: list[str] | None = None) -> None:
         metavar="TYPE@BATCH",
         help="remove a cell type's cells from one batch after simulating (batches of "
         "different composition), e.g. type_0@batch_1 type_7@batch_0",
+    )
+    parser.add_argument(
+        "--batch-effect",
+        type=float,
+        default=0.5,
+        help="scale of the batch effect (synthetic_multiome's batch_effect; default 0.5)",
+    )
+    parser.add_argument(
+        "--batch-type-specific",
+        type=float,
+        default=0.0,
+        help="share of the batch effect that differs between cell types, in [0, 1] "
+        "(synthetic_multiome's batch_type_specific; default 0)",
     )
     args = parser.parse_args(argv)
     absent = [tuple(pair.split("@", 1)) for pair in args.absent]
@@ -65,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     import mvae_sc
 
     mudata.set_options(pull_on_update=False)
-    n_batches = 2 if shares is None else len(shares)
+    if args.n_batches < 1:
+        parser.error("--n-batches must be 1 or more")
+    n_batches = args.n_batches if shares is None else len(shares)
 
     def simulate(n_cells: int):
         return mvae_sc.datasets.synthetic_multiome(
@@ -75,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
             n_batches=n_batches,
             frac_rna_only=0,
             frac_atac_only=0,
+            batch_effect=args.batch_effect,
+            batch_type_specific=args.batch_type_specific,
             seed=args.seed,
         )
 
