@@ -126,6 +126,41 @@ def default_max_epochs(steps_per_epoch: int) -> int:
     return int(np.clip(round(8000 / max(1, steps_per_epoch)), 20, 400))
 
 
+def _cell_positions(mdata, indices) -> np.ndarray:
+    """Integer positions of ``indices`` (positions, a boolean mask or obs names) among
+    ``mdata.obs_names``; a clear error for anything else."""
+    n_obs = mdata.n_obs
+    array = np.asarray(indices)
+    if array.ndim != 1:
+        raise ValueError(f"indices must be 1-D, got shape {array.shape}")
+    if array.dtype == bool:
+        if len(array) != n_obs:
+            raise ValueError(
+                f"indices is a boolean mask of length {len(array)}, but the MuData has "
+                f"{n_obs} cells; pass one entry per cell of mdata.obs_names"
+            )
+        return np.flatnonzero(array)
+    if array.dtype.kind in "iu":
+        bad = array[(array < 0) | (array >= n_obs)]
+        if len(bad):
+            raise ValueError(
+                f"indices holds positions outside 0..{n_obs - 1}: {bad[:5].tolist()}; "
+                "pass positions of mdata.obs_names (or obs names, or a boolean mask)"
+            )
+        return array.astype(np.int64)
+    if array.dtype.kind in "OUS" and len(array):
+        positions = mdata.obs_names.get_indexer(array.astype(str))
+        if (positions < 0).any():
+            missing = array[positions < 0][:5].tolist()
+            raise ValueError(f"indices names cells not in mdata.obs_names: {missing}")
+        return positions.astype(np.int64)
+    if len(array) == 0:
+        return np.zeros(0, dtype=np.int64)
+    raise ValueError(
+        f"indices must be integer positions, a boolean mask or obs names, got dtype {array.dtype}"
+    )
+
+
 def _record(mdata: MuData, key: str, params: Mapping[str, object]) -> None:
     """Write ``uns[key]["params"]`` (None values are left out: h5mu cannot store them)."""
     mdata.uns[key] = {"params": {k: v for k, v in params.items() if v is not None}}
@@ -845,6 +880,7 @@ class MVAE:
         key_added: str | None = None,
         library_size: float = 1e4,
         batch_size: int = 512,
+        indices: Sequence[int] | Sequence[str] | np.ndarray | None = None,
     ) -> np.ndarray:
         """Decode modality ``target`` for every cell from the modalities it has.
 
@@ -872,17 +908,27 @@ class MVAE:
             Counts per cell for count likelihoods (1e4: counts per 10k).
         batch_size
             Cells per chunk.
+        indices
+            Only these cells, as scvi-tools' ``indices``: integer positions, a boolean
+            mask over ``mdata.obs_names`` or obs names. The result has their rows, in
+            the order given, and is only returned (``obsm`` holds every cell, so nothing
+            is written): at atlas scale, the dense array of every cell may not fit in
+            memory when only some cells are wanted.
 
         Returns
         -------
-        ``(n_obs, n_features)`` float32 array.
+        ``(n_obs, n_features)`` float32 array (``(len(indices), n_features)`` with
+        ``indices``).
 
         Examples
         --------
         >>> model.impute("atac")                    # obsm["imputed_atac"], every cell
         >>> model.impute("rna", from_=["atac"], features=["CD3E", "MS4A1"])
+        >>> atac_only = mdata.obsm["rna"] == 0      # RNA for the cells without it
+        >>> rna = model.impute("rna", indices=atac_only)
         """
         mdata, data = self._data_for(mdata)
+        cells = None if indices is None else _cell_positions(mdata, indices)
         (target,) = self._check_modalities([target], "target")
         sources = None if from_ is None else self._check_modalities(from_, "from_")
         names = self.var_names[target]
@@ -899,9 +945,10 @@ class MVAE:
         decoder = self.module.decoders[target]
         column_index = torch.as_tensor(columns, device=self.device)
         self.module.eval()
-        out = np.empty((data.n_cells, len(columns)), dtype=np.float32)
-        for cells, batch, z, has_any in fused_means(
-            self.module, data, self.device, batch_size, sources
+        n_out = data.n_cells if cells is None else len(cells)
+        out = np.empty((n_out, len(columns)), dtype=np.float32)
+        for chunk, batch, z, has_any in fused_means(
+            self.module, data, self.device, batch_size, sources, cells
         ):
             values = decoder.normalized_mean(z, batch.get("covariates"))
             if likelihood == "gaussian":
@@ -910,7 +957,9 @@ class MVAE:
                 values = values * library_size
             values = values[:, column_index]
             values = torch.where(has_any, values, torch.nan)
-            out[cells] = values.cpu().numpy()
+            out[chunk] = values.cpu().numpy()
+        if cells is not None:
+            return out
         mdata.obsm[key_added] = out
         _record(
             mdata,

@@ -207,14 +207,16 @@ def fused_means(
     device: torch.device,
     batch_size: int,
     sources: list[str] | None = None,
+    cells: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, dict, torch.Tensor, torch.Tensor]]:
-    """Per chunk of cells: ``(cells, batch, z, has_any)``, the posterior mean of z from
-    the ``sources`` experts (all when None) and whether the cell has any of them. Call
+    """Per chunk of cells (all, or the positions ``cells``): ``(chunk, batch, z,
+    has_any)``, the posterior mean of z from the ``sources`` experts (all when None) and
+    whether the cell has any of them; see :func:`device_minibatches` for ``chunk``. Call
     it with the module in eval mode and gradients off."""
-    for cells, batch in device_minibatches(data, device, batch_size):
+    for chunk, batch in device_minibatches(data, device, batch_size, cells):
         mu, logvar, presence = module.encode(batch, modalities=sources)
         z = module.fused_mean(mu, logvar, presence)
-        yield cells, batch, z, presence.any(0).unsqueeze(-1)
+        yield chunk, batch, z, presence.any(0).unsqueeze(-1)
 
 
 def batch_balance_weights(

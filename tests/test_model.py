@@ -115,6 +115,30 @@ def test_impute_features_subset_in_given_order(trained_mosaic):
         model.impute("rna", features=["not_a_gene"])
 
 
+def test_impute_some_cells_by_position_mask_or_name(trained_mosaic):
+    """``indices`` decodes only those cells, in the order given, with the values every
+    cell gets, and writes nothing to obsm (which holds every cell)."""
+    mdata, model = trained_mosaic
+    full = model.impute("atac", key_added="every_cell_atac")
+    rna_only = _cells(mdata, "rna_only")
+    positions = np.flatnonzero(rna_only)[::-1][:150]  # reversed: the order is kept
+    keys = set(mdata.obsm)
+    for indices in (positions, list(mdata.obs_names[positions])):
+        some = model.impute("atac", indices=indices, batch_size=64)
+        assert some.shape == (len(positions), full.shape[1])
+        np.testing.assert_allclose(some, full[positions], rtol=1e-5, atol=1e-7)
+    masked = model.impute("atac", indices=rna_only, features=mdata.mod["atac"].var_names[:3])
+    np.testing.assert_allclose(masked, full[rna_only][:, :3], rtol=1e-5, atol=1e-7)
+    assert set(mdata.obsm) == keys
+    assert model.impute("atac", indices=np.array([], dtype=int)).shape == (0, full.shape[1])
+    with pytest.raises(ValueError, match="boolean mask of length 3"):
+        model.impute("atac", indices=np.ones(3, dtype=bool))
+    with pytest.raises(ValueError, match=r"positions outside 0\.\."):
+        model.impute("atac", indices=[0, mdata.n_obs])
+    with pytest.raises(ValueError, match=r"not in mdata.obs_names: \['no_such_cell'\]"):
+        model.impute("atac", indices=["no_such_cell"])
+
+
 def test_impute_from_a_missing_source_gives_nan(trained_mosaic):
     mdata, model = trained_mosaic
     imputed = model.impute("atac", from_="rna", key_added="atac_from_rna")

@@ -564,12 +564,15 @@ def minibatch_loader(
 
 
 def device_minibatches(
-    data: CellData, device: torch.device, batch_size: int
+    data: CellData, device: torch.device, batch_size: int, cells: np.ndarray | None = None
 ) -> Iterator[tuple[np.ndarray, dict]]:
-    """All cells of ``data`` in order, in chunks: ``(cells, minibatch)``, the minibatch
-    dense and on ``device`` (for inference)."""
-    for cells in iterate_chunks(data.n_cells, batch_size):
-        yield cells, densify_batch(move_data_to_device(data.minibatch(cells), device))
+    """The cells of ``data`` (all, or the positions ``cells``) in order, in chunks:
+    ``(chunk, minibatch)``, ``chunk`` the positions in the output (0, 1, ... over the
+    cells asked for) and the minibatch dense and on ``device`` (for inference)."""
+    n_cells = data.n_cells if cells is None else len(cells)
+    for chunk in iterate_chunks(n_cells, batch_size):
+        rows = chunk if cells is None else cells[chunk]
+        yield chunk, densify_batch(move_data_to_device(data.minibatch(rows), device))
 
 
 def iterate_chunks(n: int, chunk_size: int) -> Iterator[np.ndarray]:
