@@ -443,8 +443,8 @@ def mvae_sc_arrays(model, mdata) -> dict[str, np.ndarray]:
         "latent": model.get_latent_representation(),
         "latent_rna_paired": model.get_latent_representation(modality="rna")[paired],
         "latent_atac_paired": model.get_latent_representation(modality="atac")[paired],
-        "imputed_atac": model.impute("atac")[mdata.obs_names.get_indexer(atac_truth.obs_names)],
-        "imputed_rna": model.impute("rna")[mdata.obs_names.get_indexer(rna_truth.obs_names)],
+        "imputed_atac": model.impute("atac", indices=atac_truth.obs_names),
+        "imputed_rna": model.impute("rna", indices=rna_truth.obs_names),
     }
 
 
