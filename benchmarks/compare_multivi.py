@@ -773,18 +773,19 @@ def _foscttm(arrays: dict, batches: np.ndarray) -> dict:
     batches left apart add cells to the fraction's denominator that never compete with a
     true match (about 1/n_batches of the within-batch score), mixed batches add cells of
     the same state that do. Within a batch only the alignment of the modalities counts.
-    Batches with fewer than 2 paired cells are left out of the within-batch score."""
+    Batches with fewer than 2 paired cells are left out of the within-batch score; with
+    one batch both scores are the same."""
     from mvae_sc import metrics
 
     rna = arrays["latent_rna_paired"].astype(np.float64)
     atac = arrays["latent_atac_paired"].astype(np.float64)
-    pooled = metrics.foscttm(rna, atac)
-    names, counts = np.unique(batches.astype(str), return_counts=True)
-    if len(names) < 2:
-        return {"foscttm_paired": pooled, "foscttm_paired_within_batch": pooled}
-    keep = np.isin(batches.astype(str), names[counts >= 2])
-    within = metrics.foscttm(rna[keep], atac[keep], groups=batches[keep].astype(str))
-    return {"foscttm_paired": pooled, "foscttm_paired_within_batch": within}
+    batches = batches.astype(str)
+    names, counts = np.unique(batches, return_counts=True)
+    keep = np.isin(batches, names[counts >= 2])
+    return {
+        "foscttm_paired": metrics.foscttm(rna, atac),
+        "foscttm_paired_within_batch": metrics.foscttm(rna[keep], atac[keep], groups=batches[keep]),
+    }
 
 
 def compute_metrics(mdata, arrays: dict, seed: int) -> dict:
