@@ -464,6 +464,7 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
         early_stopping=not args.no_early_stopping,
         seed=_model_seed(args),
         adversary_balance=args.adversary_balance,
+        **({"weight_averaging": None} if args.no_weight_averaging else {}),
         enable_progress_bar=False,
     )
     train_seconds = time.perf_counter() - start
@@ -490,6 +491,7 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
                 model.module.adversary_weight if model.module.discriminator is not None else None
             ),
             "adversary_balance": model.adversary_weights is not None,
+            "weight_averaging": not args.no_weight_averaging,
             "early_stopping": "validation ELBO, patience 20, best weights restored",
             "imputation": "impute(target): decoded from the modalities each cell has; "
             "RNA as expression per 10k, ATAC probability incl. region factor",
@@ -714,6 +716,8 @@ def _child_command(args: argparse.Namespace, method: str, out: str) -> list[str]
         command.append("--no-early-stopping")
     if args.adversary_balance:
         command.append("--adversary-balance")
+    if args.no_weight_averaging:
+        command.append("--no-weight-averaging")
     return command
 
 
@@ -1320,6 +1324,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="mvae_sc's train(adversary_balance=True): the adversary acts only on cell "
         "types that the other batches also hold",
+    )
+    parser.add_argument(
+        "--no-weight-averaging",
+        action="store_true",
+        help="mvae_sc's train(weight_averaging=None): the best epoch's weights as they "
+        "were, without the moving average",
     )
     parser.add_argument(
         "--max-epochs",

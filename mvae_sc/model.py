@@ -25,6 +25,7 @@ from .train import (
     KeepBestWeights,
     MuDataModule,
     TrainingPlan,
+    ema_update,
     fused_means,
     reuse_freed_memory,
     tensor_core_matmuls,
@@ -417,6 +418,7 @@ class MVAE:
         n_epochs_kl_warmup: int | None = None,
         max_kl_weight: float | None = None,
         adversary_balance: bool = False,
+        weight_averaging: float | None = 0.995,
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
         precision: str | None = None,
@@ -476,6 +478,16 @@ class MVAE:
             and under a strong batch effect it fails (README, "Batches of different
             composition"). Default False: every cell weighs the same and the adversary
             acts from the first step.
+        weight_averaging
+            Decay of an exponential moving average of the weights, updated after every
+            optimiser step (Lightning's ``WeightAveraging``; the decay is lower over the
+            first steps, see :func:`mvae_sc.train.ema_update`). Validation, early
+            stopping and the kept best weights use the average, and the trained model
+            is the average: the last steps' noise in the weights is averaged out. 0.995
+            (a half-life of about 140 steps) by default; what it changes is measured in
+            README, "Weight averaging". It costs a copy of the weights and one pass over
+            them per step (about 3 % of a CPU step). None: the best epoch's weights as
+            they were.
         accelerator, devices
             Passed to ``lightning.pytorch.Trainer``; ``"auto"`` uses a GPU when present.
             Several devices or nodes: ``train(strategy="ddp", devices=N, num_nodes=M)``
@@ -541,6 +553,14 @@ class MVAE:
                 "(1 is the plain ELBO; 0.25 keeps weak variation of count data in z; "
                 "None, the default, picks one from the modalities' likelihoods)."
             )
+        if weight_averaging is not None and not (
+            isinstance(weight_averaging, int | float) and 0 <= weight_averaging < 1
+        ):
+            raise ValueError(
+                f"weight_averaging must be a decay in [0, 1) or None, got {weight_averaging!r} "
+                "(0.995, the default, averages over the last few hundred steps; None "
+                "keeps the last weights)."
+            )
         if data_on_device and self._data.is_backed:
             raise ValueError(
                 "data_on_device=True needs the data in memory, but this MuData is backed "
@@ -596,6 +616,12 @@ class MVAE:
                         "validation_loss", patience=early_stopping_patience, mode="min"
                     )
                 )
+        if weight_averaging is not None:
+            # after KeepBestWeights: validation runs on the average, which is what
+            # KeepBestWeights keeps before the live weights are swapped back
+            callbacks.append(
+                pl.callbacks.WeightAveraging(multi_avg_fn=ema_update(weight_averaging))
+            )
         options = {
             "max_epochs": max_epochs,
             "accelerator": accelerator,

@@ -602,6 +602,27 @@ def _accumulate(sums: dict, key: str, value, weight) -> None:
     sums[key] = (total + value * weight, count + weight)
 
 
+def ema_update(decay: float):
+    """The ``multi_avg_fn`` of :class:`torch.optim.swa_utils.AveragedModel` for an
+    exponential moving average of the weights that forgets its start: after ``n``
+    updates the average moves by ``1 - d`` towards the current weights, with ``d =
+    min(decay, (1 + n) / (10 + n))``, so a short run is averaged over its own last
+    steps rather than its initialisation (TensorFlow's ``ExponentialMovingAverage``
+    with ``num_updates``)."""
+
+    @torch.no_grad()
+    def update(averaged: list, current: list, n_averaged: torch.Tensor) -> None:
+        n = int(n_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        else:  # integer buffers: kept equal to the current ones
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    return update
+
+
 class HistoryCallback(pl.Callback):
     """Collects the epoch-level metrics into a list of rows (``MVAE.history``)."""
 

@@ -170,7 +170,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_best_weights(small, monke
     best = {}
 
     class Watch(mvae_sc.train.pl.Callback):
-        def on_validation_epoch_end(self, trainer, pl_module):
+        # runs after the model's own callbacks: the weights validated (the average)
+        def on_validation_epoch_start(self, trainer, pl_module):
             best[trainer.current_epoch] = {
                 k: v.detach().clone() for k, v in pl_module.module.state_dict().items()
             }

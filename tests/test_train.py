@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mvae_sc.train import batch_balance_weights
+from mvae_sc.train import batch_balance_weights, ema_update
 
 
 def _clusters(types_per_batch: list[list[int]], n: int = 150, seed: int = 0, related: float = 0.0):
@@ -91,3 +91,60 @@ def test_torch_keeps_its_thread_count():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_ema_update_forgets_its_start_and_then_decays_at_the_given_rate():
+    update = ema_update(0.9)
+    averaged, current = [torch.zeros(3)], [torch.ones(3)]
+    expected = 0.0
+    for n in range(1, 40):  # AveragedModel copies at its first update, then calls with n >= 1
+        update(averaged, current, torch.tensor(n))
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d)
+        torch.testing.assert_close(averaged[0], torch.full((3,), expected))
+    assert (1 + 1) / (10 + 1) < 0.9 and expected > 1 - 0.9**20  # fast early, then at 0.9
+    counts = [torch.zeros(2, dtype=torch.long)]
+    update(counts, [torch.tensor([3, 4])], torch.tensor(5))  # integer buffers follow
+    assert counts[0].tolist() == [3, 4]
+
+
+def test_trained_weights_are_the_moving_average_of_the_steps():
+    import mvae_sc
+
+    mdata = mvae_sc.datasets.synthetic_multiome(200, n_genes=30, n_peaks=50, n_cell_types=3)
+    mvae_sc.MVAE.setup_mudata(mdata)
+    steps = []
+
+    class Record(mvae_sc.train.pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            steps.append({k: v.detach().clone() for k, v in pl_module.module.state_dict().items()})
+
+    def trained(weight_averaging):
+        steps.clear()
+        model = mvae_sc.MVAE(mdata, n_latent=3, n_hidden=8, seed=0)
+        model.train(
+            max_epochs=3,
+            batch_size=32,
+            train_size=1.0,
+            weight_averaging=weight_averaging,
+            enable_progress_bar=False,
+            callbacks=[Record()],
+        )
+        return model.module.state_dict()
+
+    final = trained(0.8)
+    assert len(steps) > 10
+    expected = dict(steps[0])
+    for n, step in enumerate(steps[1:], start=1):
+        d = min(0.8, (1 + n) / (10 + n))
+        expected = {k: d * v + (1 - d) * step[k] for k, v in expected.items()}
+    weights = [k for k, v in final.items() if v.is_floating_point()]
+    for k in weights:
+        torch.testing.assert_close(final[k], expected[k])
+    # not the last step's weights
+    assert any(not torch.allclose(final[k], steps[-1][k]) for k in weights)
+    last = trained(None)
+    for k in weights:
+        torch.testing.assert_close(last[k], steps[-1][k])
+    with pytest.raises(ValueError, match="weight_averaging must be a decay in"):
+        mvae_sc.MVAE(mdata, n_latent=3).train(max_epochs=1, weight_averaging=1.0)
