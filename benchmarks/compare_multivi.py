@@ -441,8 +441,8 @@ def mvae_sc_arrays(model, mdata) -> dict[str, np.ndarray]:
     rna_truth = mvae_sc.datasets.heldout(mdata, "rna")
     return {
         "latent": model.get_latent_representation(),
-        "latent_rna_paired": model.get_latent_representation(modality="rna")[paired],
-        "latent_atac_paired": model.get_latent_representation(modality="atac")[paired],
+        "latent_rna_paired": model.get_latent_representation(modality="rna", indices=paired),
+        "latent_atac_paired": model.get_latent_representation(modality="atac", indices=paired),
         "imputed_atac": model.impute("atac", indices=atac_truth.obs_names),
         "imputed_rna": model.impute("rna", indices=rna_truth.obs_names),
     }

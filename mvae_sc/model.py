@@ -784,6 +784,7 @@ class MVAE:
         modality: str | Sequence[str] | None = None,
         key_added: str | None = None,
         batch_size: int = 1024,
+        indices: Sequence[int] | Sequence[str] | np.ndarray | None = None,
     ) -> np.ndarray:
         """Posterior mean of z for every cell; written to ``mdata.obsm`` and returned.
 
@@ -801,10 +802,15 @@ class MVAE:
             ``uns[key_added]["params"]``.
         batch_size
             Cells per chunk.
+        indices
+            Only these cells, as in :meth:`impute`: integer positions, a boolean mask
+            over ``mdata.obs_names`` or obs names. The result has their rows, in the
+            order given, and is only returned (nothing is written to ``obsm``).
 
         Returns
         -------
-        ``(n_obs, n_latent)`` float32 array, in ``mdata.obs_names`` order.
+        ``(n_obs, n_latent)`` float32 array, in ``mdata.obs_names`` order
+        (``(len(indices), n_latent)`` with ``indices``).
 
         Examples
         --------
@@ -813,15 +819,19 @@ class MVAE:
         >>> model.get_latent_representation(modality="rna")  # obsm["X_mvae_rna"]
         """
         mdata, data = self._data_for(mdata)
+        cells = None if indices is None else _cell_positions(mdata, indices)
         sources = None if modality is None else self._check_modalities(modality, "modality")
         if key_added is None:
             key_added = "X_mvae" if sources is None else "X_mvae_" + "_".join(sources)
         self.module.eval()
-        latent = np.empty((data.n_cells, self.module.n_latent), dtype=np.float32)
-        for cells, _, z, has_any in fused_means(
-            self.module, data, self.device, batch_size, sources
+        n_out = data.n_cells if cells is None else len(cells)
+        latent = np.empty((n_out, self.module.n_latent), dtype=np.float32)
+        for chunk, _, z, has_any in fused_means(
+            self.module, data, self.device, batch_size, sources, cells
         ):
-            latent[cells] = torch.where(has_any, z, torch.nan).cpu().numpy()
+            latent[chunk] = torch.where(has_any, z, torch.nan).cpu().numpy()
+        if cells is not None:
+            return latent
         mdata.obsm[key_added] = latent
         _record(mdata, key_added, {"modality": sources, "fusion": self.module.fusion})
         return latent

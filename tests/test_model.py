@@ -139,6 +139,31 @@ def test_impute_some_cells_by_position_mask_or_name(trained_mosaic):
         model.impute("atac", indices=["no_such_cell"])
 
 
+def test_latent_of_some_cells_by_position_mask_or_name(trained_mosaic):
+    """``indices`` encodes only those cells, in the order given, to what every cell gets
+    (NaN rows kept for cells without the modality), and writes nothing to obsm."""
+    mdata, model = trained_mosaic
+    full = model.get_latent_representation(key_added="every_cell_z")
+    full_rna = model.get_latent_representation(modality="rna", key_added="every_cell_z_rna")
+    positions = np.arange(mdata.n_obs)[::-7]  # reversed, a mix of paired and unpaired
+    keys = set(mdata.obsm)
+    for indices in (positions, list(mdata.obs_names[positions])):
+        some = model.get_latent_representation(indices=indices, batch_size=64)
+        np.testing.assert_allclose(some, full[positions], rtol=1e-5, atol=1e-6)
+    paired = _cells(mdata, "paired")
+    np.testing.assert_allclose(
+        model.get_latent_representation(modality="rna", indices=paired),
+        full_rna[paired],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    atac_only = _cells(mdata, "atac_only")
+    assert np.isnan(model.get_latent_representation(modality="rna", indices=atac_only)).all()
+    assert set(mdata.obsm) == keys
+    with pytest.raises(ValueError, match="boolean mask of length 3"):
+        model.get_latent_representation(indices=np.ones(3, dtype=bool))
+
+
 def test_impute_from_a_missing_source_gives_nan(trained_mosaic):
     mdata, model = trained_mosaic
     imputed = model.impute("atac", from_="rna", key_added="atac_from_rna")
