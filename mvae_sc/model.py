@@ -559,7 +559,7 @@ class MVAE:
             raise ValueError(
                 f"weight_averaging must be a decay in [0, 1) or None, got {weight_averaging!r} "
                 "(0.995, the default, averages over the last few hundred steps; None "
-                "keeps the last weights)."
+                "turns the averaging off)."
             )
         if data_on_device and self._data.is_backed:
             raise ValueError(
