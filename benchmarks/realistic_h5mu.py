@@ -10,6 +10,8 @@ Every cell is paired (as in a Cell Ranger ARC output), with 36,000 genes and 108
 peaks by default (GRCh38 has 36,601 genes; the 10x PBMC files about 108,000 peaks), raw
 counts in X, and ``obs["cell_type"]`` and ``obs["batch"]`` (2 batches) as an annotated
 data set has them (``--batch-shares`` for unequal batches, e.g. ``0.45 0.3 0.15 0.1``;
+``--n-cell-types`` and ``--type-shares`` for common and rare cell types, e.g. 12 types
+from 25 % of the cells down to 1 %;
 ``--absent type_0@batch_1`` for batches of different cell-type composition, removing
 that type's cells from that batch after simulating), plus the simulator's truth
 (``obsm["true_latent"]``), from which the comparison scores its within-type R² row
@@ -24,6 +26,16 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+
+
+def _shares(parser: argparse.ArgumentParser, flag: str, given) -> np.ndarray | None:
+    """Shares given on the command line, normalised to sum to 1."""
+    if given is None:
+        return None
+    shares = np.asarray(given, dtype=float)
+    if len(shares) < 2 or (shares <= 0).any():
+        parser.error(f"{flag} needs two or more positive shares")
+    return shares / shares.sum()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,6 +58,20 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="one share of the cells per batch, e.g. 0.45 0.3 0.15 0.1 (default: "
         "--n-batches batches of about equal size)",
+    )
+    parser.add_argument(
+        "--n-cell-types",
+        type=int,
+        default=8,
+        help="number of cell types (synthetic_multiome's n_cell_types; default 8)",
+    )
+    parser.add_argument(
+        "--type-shares",
+        type=float,
+        nargs="+",
+        default=None,
+        help="one share of the cells per cell type, e.g. 0.25 0.2 ... 0.01 for rare types "
+        "(default: the simulator's, about equal)",
     )
     parser.add_argument(
         "--absent",
@@ -72,12 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     absent = [tuple(pair.split("@", 1)) for pair in args.absent]
     if any(len(pair) != 2 for pair in absent):
         parser.error("--absent takes TYPE@BATCH, e.g. type_0@batch_1")
-    shares = None
-    if args.batch_shares is not None:
-        shares = np.asarray(args.batch_shares, dtype=float)
-        if len(shares) < 2 or (shares <= 0).any():
-            parser.error("--batch-shares needs two or more positive shares")
-        shares = shares / shares.sum()
+    batch_shares = _shares(parser, "--batch-shares", args.batch_shares)
+    type_shares = _shares(parser, "--type-shares", args.type_shares)
+    if type_shares is not None and len(type_shares) != args.n_cell_types:
+        parser.error(
+            f"--type-shares has {len(type_shares)} shares for --n-cell-types "
+            f"{args.n_cell_types}; give one per cell type"
+        )
 
     import mudata
 
@@ -86,13 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     mudata.set_options(pull_on_update=False)
     if args.n_batches < 1:
         parser.error("--n-batches must be 1 or more")
-    n_batches = args.n_batches if shares is None else len(shares)
+    n_batches = args.n_batches if batch_shares is None else len(batch_shares)
 
     def simulate(n_cells: int):
         return mvae_sc.datasets.synthetic_multiome(
             n_cells,
             n_genes=args.n_genes,
             n_peaks=args.n_peaks,
+            n_cell_types=args.n_cell_types,
             n_batches=n_batches,
             frac_rna_only=0,
             frac_atac_only=0,
@@ -101,24 +129,32 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
         )
 
-    if shares is None:
+    # unequal groups (batches, cell types or both): simulate more cells than asked, at
+    # the simulator's proportions, and keep each group's share of them
+    columns, shares = [], np.ones(1)
+    for column, given in (("cell_type", type_shares), ("batch", batch_shares)):
+        if given is not None:
+            columns.append(column)
+            shares = np.outer(shares, given).ravel()
+    if not columns:
         source = simulate(args.n_cells)
     else:
-        # unequal batches: simulate equal ones, enough for the largest share, and cut
-        # each; batches are drawn at random, so simulate more if one fell short
         sizes = np.round(shares * args.n_cells).astype(int)
-        n_simulated = int(np.ceil(args.n_cells * shares.max() * n_batches * 1.1))
+        n_simulated = int(np.ceil(args.n_cells * shares.max() * len(shares) * 1.1))
         while True:
             source = simulate(n_simulated)
-            batches = source.obs["batch"].cat.codes.to_numpy()
-            if (np.bincount(batches, minlength=n_batches) >= sizes).all():
+            groups = np.zeros(source.n_obs, dtype=int)
+            for column in columns:
+                codes = source.obs[column].cat.codes.to_numpy()
+                groups = groups * len(source.obs[column].cat.categories) + codes
+            if (np.bincount(groups, minlength=len(shares)) >= sizes).all():
                 break
             n_simulated = int(np.ceil(n_simulated * 1.25))
         rng = np.random.default_rng(args.seed)
         keep = np.concatenate(
             [
-                rng.choice(np.flatnonzero(batches == b), size, replace=False)
-                for b, size in enumerate(sizes)
+                rng.choice(np.flatnonzero(groups == g), size, replace=False)
+                for g, size in enumerate(sizes)
             ]
         )
         source = source[np.sort(keep)].copy()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mudata
 import numpy as np
+import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -346,6 +347,25 @@ def test_realistic_h5mu_writes_unequal_batches(tmp_path):
     _run(command + ["--n-cells", "100", "--n-genes", "50", "--n-peaks", "100"]
          + ["--batch-shares", "1", "1", "--seed", "1"])  # fmt: skip
     assert mudata.read_h5mu(out).obs["batch"].value_counts().tolist() == [50, 50]
+
+
+def test_realistic_h5mu_writes_rare_cell_types(tmp_path):
+    out = tmp_path / "rare.h5mu"
+    command = [sys.executable, str(SCRIPT.parent / "realistic_h5mu.py"), "--out", str(out)]
+    small = ["--n-cells", "400", "--n-genes", "100", "--n-peaks", "300", "--n-cell-types", "5"]
+    _run(command + small + ["--type-shares", "50", "25", "15", "7", "3"])
+    data = mudata.read_h5mu(out)
+    assert data.obs["cell_type"].value_counts().sort_index().tolist() == [200, 100, 60, 28, 12]
+    assert data.obsm["true_latent"].shape[0] == 400 == data.mod["rna"].n_obs
+    # with batch shares too, each (type, batch) group gets the product of its shares
+    _run(command + small + ["--type-shares", "2", "1", "1", "0.5", "0.5"]
+         + ["--batch-shares", "3", "1"])  # fmt: skip
+    counts = pd.crosstab(*(mudata.read_h5mu(out).obs[k] for k in ("cell_type", "batch")))
+    assert counts.to_numpy().tolist() == [[120, 40], [60, 20], [60, 20], [30, 10], [30, 10]]
+    failed = subprocess.run(
+        command + small + ["--type-shares", "1", "1"], capture_output=True, text=True
+    )
+    assert failed.returncode != 0 and "give one per cell type" in failed.stderr
 
 
 def test_realistic_h5mu_removes_a_type_from_a_batch(tmp_path):
