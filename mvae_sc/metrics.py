@@ -164,6 +164,58 @@ def _dense_block(matrix: np.ndarray | sparse.spmatrix, rows: slice, cols: slice)
 # ----------------------------------------------------------------------------------------
 
 
+def leiden_clusters(
+    embedding: np.ndarray,
+    resolutions: Sequence[float],
+    *,
+    n_neighbors: int = 15,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Leiden clusters of the rows of ``embedding``, one clustering per resolution.
+
+    One kNN graph (:func:`scanpy.pp.neighbors`, UMAP connectivities, Euclidean, on a
+    temporary AnnData), clustered by :func:`scanpy.tl.leiden` (igraph flavor, 2
+    iterations, undirected) at each resolution. Torch's thread count, which scanpy's
+    neighbor search resets through OpenMP, is restored afterwards.
+
+    Returns
+    -------
+    list of ``(n_obs,)`` int64 arrays of cluster numbers ``0..K-1``, in the order of
+    ``resolutions``; every cell in cluster 0 when there are fewer than 3 cells.
+    ``n_neighbors`` is clipped to the number of cells (scanpy counts the cell itself among
+    its neighbors and warns when there are fewer).
+    """
+    n_obs = len(embedding)
+    if n_obs < 3:
+        return [np.zeros(n_obs, dtype=np.int64) for _ in resolutions]
+    import torch
+
+    adata = ad.AnnData(obs=pd.DataFrame(index=np.arange(n_obs).astype(str)))
+    adata.obsm["X_emb"] = np.asarray(embedding)
+    # scanpy's neighbours reset the OpenMP thread count that torch shares (to every
+    # core): mid-training, that would change torch's threads for the rest of the run
+    threads = torch.get_num_threads()
+    try:
+        sc.pp.neighbors(
+            adata, n_neighbors=min(n_neighbors, n_obs), use_rep="X_emb", random_state=seed
+        )
+    finally:
+        torch.set_num_threads(threads)
+    clusterings = []
+    for resolution in resolutions:
+        sc.tl.leiden(
+            adata,
+            resolution=resolution,
+            key_added="_leiden",
+            flavor="igraph",
+            n_iterations=2,
+            directed=False,
+            random_state=seed,
+        )
+        clusterings.append(adata.obs["_leiden"].cat.codes.to_numpy().astype(np.int64))
+    return clusterings
+
+
 def leiden_ari_nmi(
     embedding: np.ndarray,
     labels: Sequence | np.ndarray,
@@ -237,23 +289,9 @@ def leiden_ari_nmi(
     if len(resolutions) == 0 or any(r <= 0 for r in resolutions):
         raise ValueError(f"resolution must be positive, got {resolution!r}")
 
-    adata = ad.AnnData(obs=pd.DataFrame(index=np.arange(n_obs).astype(str)))
-    adata.obsm["X_emb"] = embedding
-    # scanpy counts the cell itself among its neighbors and warns when n_neighbors > n_obs.
-    sc.pp.neighbors(adata, n_neighbors=min(n_neighbors, n_obs), use_rep="X_emb", random_state=seed)
-
+    clusterings = leiden_clusters(embedding, resolutions, n_neighbors=n_neighbors, seed=seed)
     best: dict[str, float] | None = None
-    for res in resolutions:
-        sc.tl.leiden(
-            adata,
-            resolution=res,
-            key_added="_leiden",
-            flavor="igraph",
-            n_iterations=2,
-            directed=False,
-            random_state=seed,
-        )
-        clusters = adata.obs["_leiden"].to_numpy()
+    for res, clusters in zip(resolutions, clusterings, strict=True):
         scores = {
             "ari": float(adjusted_rand_score(codes, clusters)),
             "nmi": float(normalized_mutual_info_score(codes, clusters)),

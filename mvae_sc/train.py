@@ -21,6 +21,7 @@ from .data.loader import (
     iterate_chunks,
     minibatch_loader,
 )
+from .metrics import leiden_clusters
 from .nn.module import MVAEModule
 
 logger = logging.getLogger(__name__)
@@ -295,7 +296,7 @@ def batch_balance_weights(
         sample = cells
         if len(cells) > max_cells:
             sample = np.sort(rng.choice(cells, max_cells, replace=False))
-        labels = _leiden_labels(z[sample], resolution, n_neighbors, seed)
+        (labels,) = leiden_clusters(z[sample], [resolution], n_neighbors=n_neighbors, seed=seed)
         means = np.stack([z[sample[labels == k]].mean(0) for k in range(labels.max() + 1)])
         if len(sample) < len(cells):
             labels = _nearest(z[cells], means)
@@ -325,32 +326,6 @@ def batch_balance_weights(
         if mean > 0:
             weights[cells] /= mean
     return weights.astype(np.float32)
-
-
-def _leiden_labels(z: np.ndarray, resolution: float, n_neighbors: int, seed: int) -> np.ndarray:
-    """Leiden clusters ``0..K-1`` of the rows of ``z`` (one cluster for a handful)."""
-    if len(z) <= n_neighbors + 1:
-        return np.zeros(len(z), dtype=np.int64)
-    import anndata as ad
-    import scanpy as sc
-
-    adata = ad.AnnData(z)
-    # scanpy's neighbours reset the OpenMP thread count that torch shares (to every
-    # core): mid-training, that would change torch's threads for the rest of the run
-    threads = torch.get_num_threads()
-    try:
-        sc.pp.neighbors(adata, use_rep="X", n_neighbors=n_neighbors, random_state=seed)
-    finally:
-        torch.set_num_threads(threads)
-    sc.tl.leiden(
-        adata,
-        resolution=resolution,
-        flavor="igraph",
-        n_iterations=2,
-        directed=False,
-        random_state=seed,
-    )
-    return adata.obs["leiden"].cat.codes.to_numpy().astype(np.int64)
 
 
 def _nearest(z: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.ndarray:
