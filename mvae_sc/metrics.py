@@ -8,6 +8,8 @@ AnnData slots or MuData: pass ``model.get_latent_representation()`` or
 Bio-conservation (higher is better)
     :func:`leiden_ari_nmi`, :func:`silhouette_label`, :func:`knn_label_agreement`,
     :func:`linear_r2` (continuous variables such as a known trajectory or score).
+Clustering
+    :func:`leiden_clusters` (what :func:`leiden_ari_nmi` scores).
 Batch removal (higher is better, except :func:`batch_predictability`)
     :func:`batch_entropy`, :func:`ilisi`, :func:`batch_predictability`.
 Modality alignment (lower is better)
@@ -164,9 +166,20 @@ def _dense_block(matrix: np.ndarray | sparse.spmatrix, rows: slice, cols: slice)
 # ----------------------------------------------------------------------------------------
 
 
+def _resolutions(resolution: float | Sequence[float]) -> tuple[float, ...]:
+    """One Leiden resolution or several, as a tuple of positive floats."""
+    if np.ndim(resolution) == 0:
+        resolutions: tuple[float, ...] = (float(resolution),)  # type: ignore[arg-type]
+    else:
+        resolutions = tuple(float(r) for r in resolution)  # type: ignore[union-attr]
+    if len(resolutions) == 0 or any(not r > 0 for r in resolutions):
+        raise ValueError(f"resolution must be positive, got {resolution!r}")
+    return resolutions
+
+
 def leiden_clusters(
     embedding: np.ndarray,
-    resolutions: Sequence[float],
+    resolution: float | Sequence[float] = 1.0,
     *,
     n_neighbors: int = 15,
     seed: int = 0,
@@ -178,20 +191,42 @@ def leiden_clusters(
     iterations, undirected) at each resolution. Torch's thread count, which scanpy's
     neighbor search resets through OpenMP, is restored afterwards.
 
+    Parameters
+    ----------
+    embedding
+        Cells x dimensions.
+    resolution
+        A Leiden resolution or a sequence of them.
+    n_neighbors
+        Neighbors for the kNN graph, clipped to the number of cells (scanpy counts the
+        cell itself among its neighbors).
+    seed
+        Random state for the neighbor search and Leiden.
+
     Returns
     -------
-    list of ``(n_obs,)`` int64 arrays of cluster numbers ``0..K-1``, in the order of
-    ``resolutions``; every cell in cluster 0 when there are fewer than 3 cells.
-    ``n_neighbors`` is clipped to the number of cells (scanpy counts the cell itself among
-    its neighbors and warns when there are fewer).
+    list of ``(n_obs,)`` int64 arrays of cluster numbers ``0..K-1``, one per resolution
+    in the order given; every cell in cluster 0 when there are fewer than 3 cells.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> embedding = np.concatenate([rng.normal(10 * k, 1, (100, 5)) for k in range(3)])
+    >>> (clusters,) = leiden_clusters(embedding, 0.5)
+    >>> np.unique(clusters[:100]).size, np.unique(clusters).size
+    (1, 3)
     """
+    embedding = _check_embedding(embedding)
+    resolutions = _resolutions(resolution)
+    if n_neighbors < 2:
+        raise ValueError(f"n_neighbors must be at least 2, got {n_neighbors}")
     n_obs = len(embedding)
     if n_obs < 3:
         return [np.zeros(n_obs, dtype=np.int64) for _ in resolutions]
     import torch
 
     adata = ad.AnnData(obs=pd.DataFrame(index=np.arange(n_obs).astype(str)))
-    adata.obsm["X_emb"] = np.asarray(embedding)
+    adata.obsm["X_emb"] = embedding
     # scanpy's neighbours reset the OpenMP thread count that torch shares (to every
     # core): mid-training, that would change torch's threads for the rest of the run
     threads = torch.get_num_threads()
@@ -276,19 +311,9 @@ def leiden_ari_nmi(
     n_obs = embedding.shape[0]
     if n_obs < 3:
         raise ValueError(f"leiden_ari_nmi needs at least 3 cells, got {n_obs}")
-    if n_neighbors < 2:
-        raise ValueError(f"n_neighbors must be at least 2, got {n_neighbors}")
     if select_by not in ("ari", "nmi"):
         raise ValueError(f"select_by must be 'ari' or 'nmi', got {select_by!r}")
-    if resolution is None:
-        resolutions: tuple[float, ...] = LEIDEN_RESOLUTIONS
-    elif np.ndim(resolution) == 0:
-        resolutions = (float(resolution),)  # type: ignore[arg-type]
-    else:
-        resolutions = tuple(float(r) for r in resolution)  # type: ignore[union-attr]
-    if len(resolutions) == 0 or any(r <= 0 for r in resolutions):
-        raise ValueError(f"resolution must be positive, got {resolution!r}")
-
+    resolutions = _resolutions(LEIDEN_RESOLUTIONS if resolution is None else resolution)
     clusterings = leiden_clusters(embedding, resolutions, n_neighbors=n_neighbors, seed=seed)
     best: dict[str, float] | None = None
     for res, clusters in zip(resolutions, clusterings, strict=True):

@@ -296,7 +296,7 @@ def batch_balance_weights(
         sample = cells
         if len(cells) > max_cells:
             sample = np.sort(rng.choice(cells, max_cells, replace=False))
-        (labels,) = leiden_clusters(z[sample], [resolution], n_neighbors=n_neighbors, seed=seed)
+        (labels,) = leiden_clusters(z[sample], resolution, n_neighbors=n_neighbors, seed=seed)
         means = np.stack([z[sample[labels == k]].mean(0) for k in range(labels.max() + 1)])
         if len(sample) < len(cells):
             labels = _nearest(z[cells], means)

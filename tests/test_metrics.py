@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import pytest
 from scipy import sparse
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import adjusted_rand_score, roc_auc_score
 
 from mvae_sc import metrics
 
@@ -66,6 +66,35 @@ def test_leiden_ari_nmi_selection_and_grid(blobs):
         metrics.leiden_ari_nmi(embedding, labels, select_by="f1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="resolution must be positive"):
         metrics.leiden_ari_nmi(embedding, labels, resolution=0.0)
+
+
+def test_leiden_clusters_one_graph_for_several_resolutions(blobs):
+    import torch
+
+    embedding, labels = blobs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        coarse, fine = metrics.leiden_clusters(embedding, [0.2, 5.0], seed=0)
+        # scanpy's neighbour search resets OpenMP's threads; torch's are given back
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert coarse.dtype == np.int64 and coarse.shape == (len(labels),)
+    assert coarse.min() == 0 and len(np.unique(coarse)) == coarse.max() + 1
+    # what leiden_ari_nmi scores at that resolution
+    scores = metrics.leiden_ari_nmi(embedding, labels, resolution=0.2, seed=0)
+    assert adjusted_rand_score(labels, coarse) == pytest.approx(scores["ari"])
+    assert len(np.unique(fine)) > len(np.unique(coarse)) == scores["n_clusters"]
+    (single,) = metrics.leiden_clusters(embedding, 0.2, seed=0)
+    np.testing.assert_array_equal(single, coarse)
+    np.testing.assert_array_equal(metrics.leiden_clusters(embedding[:2])[0], [0, 0])
+    with pytest.raises(ValueError, match="resolution must be positive"):
+        metrics.leiden_clusters(embedding, [1.0, -1.0])
+    bad = embedding.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite values in 1 rows"):
+        metrics.leiden_clusters(bad)
 
 
 @pytest.mark.slow
