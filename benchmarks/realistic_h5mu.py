@@ -13,7 +13,9 @@ data set has them (``--batch-shares`` for unequal batches, e.g. ``0.45 0.3 0.15 
 ``--n-cell-types`` and ``--type-shares`` for common and rare cell types, e.g. 12 types
 from 25 % of the cells down to 1 %;
 ``--absent type_0@batch_1`` for batches of different cell-type composition, removing
-that type's cells from that batch after simulating), plus the simulator's truth
+that type's cells from that batch after simulating; ``--depth 0.3`` for shallow
+sequencing, keeping each RNA count and each detected peak with that probability), plus
+the simulator's truth
 (``obsm["true_latent"]``), from which the comparison scores its within-type R² row
 and the true latent's references. ``compare_multivi.py`` then filters features as it
 does for real data (1% of cells: about 25,000 genes and 86,000 peaks remain) and hides
@@ -36,6 +38,15 @@ def _shares(parser: argparse.ArgumentParser, flag: str, given) -> np.ndarray | N
     if len(shares) < 2 or (shares <= 0).any():
         parser.error(f"{flag} needs two or more positive shares")
     return shares / shares.sum()
+
+
+def _thin(adata, depth: float, rng: np.random.Generator) -> None:
+    """Keep each count of ``adata.X`` (sparse, whole numbers) with probability ``depth``:
+    the counts a shallower sequencing run of the same cells gives."""
+    x = adata.X.tocsr()
+    x.data = rng.binomial(x.data.astype(np.int64), depth).astype(x.dtype)
+    x.eliminate_zeros()
+    adata.X = x
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,7 +105,17 @@ def main(argv: list[str] | None = None) -> None:
         help="share of the batch effect that differs between cell types, in [0, 1] "
         "(synthetic_multiome's batch_type_specific; default 0)",
     )
+    parser.add_argument(
+        "--depth",
+        type=float,
+        default=1.0,
+        help="sequencing depth relative to the simulator's, in (0, 1]: keep each RNA "
+        "count and each detected peak with this probability (binomial thinning, as "
+        "sequencing fewer reads does; default 1: all)",
+    )
     args = parser.parse_args(argv)
+    if not 0 < args.depth <= 1:
+        parser.error(f"--depth must be in (0, 1], got {args.depth}")
     absent = [tuple(pair.split("@", 1)) for pair in args.absent]
     if any(len(pair) != 2 for pair in absent):
         parser.error("--absent takes TYPE@BATCH, e.g. type_0@batch_1")
@@ -170,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     mods = {name: source.mod[name].copy() for name in ("rna", "atac")}
     for adata in mods.values():
         adata.obs = adata.obs[[]]
+        if args.depth < 1:
+            _thin(adata, args.depth, np.random.default_rng([args.seed, 1]))
     obs = source.obs[["cell_type", "batch"]].copy()
     out = mudata.MuData(mods, obs=obs)
     # the simulator's truth, which compare_multivi.py scores the within-type R² row on

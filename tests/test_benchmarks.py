@@ -542,3 +542,24 @@ def test_classification_weight_benchmark_runs(tmp_path):
     ]
     assert all(0 <= r["head"] <= 1 and 0 <= r["rna_pca"] <= 1 for r in report["rows"])
     assert report["summary"]["10.0"]["runs"] == 2
+
+
+def test_realistic_h5mu_thins_counts_for_shallow_sequencing(tmp_path):
+    out = tmp_path / "shallow.h5mu"
+    command = [sys.executable, str(SCRIPT.parent / "realistic_h5mu.py"), "--out", str(out)]
+    small = ["--n-cells", "300", "--n-genes", "200", "--n-peaks", "600"]
+    _run(command + small)
+    full = mudata.read_h5mu(out)
+    _run(command + small + ["--depth", "0.3"])
+    shallow = mudata.read_h5mu(out)
+    assert list(shallow.obs_names) == list(full.obs_names)
+    np.testing.assert_array_equal(shallow.obsm["true_latent"], full.obsm["true_latent"])
+    for name in ("rna", "atac"):
+        before, after = full.mod[name].X.toarray(), shallow.mod[name].X.toarray()
+        # the same cells' counts, each kept with probability 0.3: never more, whole numbers
+        assert (after <= before).all() and (after == np.round(after)).all()
+        assert after.sum() == pytest.approx(0.3 * before.sum(), rel=0.05)
+    # ATAC stays binary; detected peaks fall to about 0.3 of what they were
+    assert set(np.unique(shallow.mod["atac"].X.data)) == {1.0}
+    failed = subprocess.run(command + small + ["--depth", "0"], capture_output=True, text=True)
+    assert failed.returncode != 0 and "--depth must be in (0, 1]" in failed.stderr
