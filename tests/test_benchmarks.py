@@ -28,6 +28,11 @@ def _run(command: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def _realistic_command(out: Path) -> list[str]:
+    """The command line of benchmarks/realistic_h5mu.py writing to ``out``."""
+    return [sys.executable, str(SCRIPT.parent / "realistic_h5mu.py"), "--out", str(out)]
+
+
 def _benchmark_module(name: str):
     """A script of benchmarks/, imported as a module."""
     sys.path.insert(0, str(SCRIPT.parent))
@@ -308,7 +313,7 @@ def test_realistic_h5mu_goes_through_the_real_data_path(tmp_path):
     """benchmarks/realistic_h5mu.py writes paired counts with cell_type and batch, which
     the comparison reads as it reads an annotated real file."""
     out = tmp_path / "wide.h5mu"
-    command = [sys.executable, str(SCRIPT.parent / "realistic_h5mu.py"), "--out", str(out)]
+    command = _realistic_command(out)
     _run(command + ["--n-cells", "200", "--n-genes", "300", "--n-peaks", "900"])
     cm = _compare_multivi()
     data = cm.load_dataset(cm.parse_args(["--dataset", str(out), "--min-feature-frac", "0"]))
@@ -334,7 +339,7 @@ def test_realistic_h5mu_goes_through_the_real_data_path(tmp_path):
 
 def test_realistic_h5mu_writes_unequal_batches(tmp_path):
     out = tmp_path / "unequal.h5mu"
-    command = [sys.executable, str(SCRIPT.parent / "realistic_h5mu.py"), "--out", str(out)]
+    command = _realistic_command(out)
     _run(command + ["--n-cells", "400", "--n-genes", "100", "--n-peaks", "300"]
          + ["--batch-shares", "9", "6", "3", "2"])  # fmt: skip
     data = mudata.read_h5mu(out)
@@ -351,7 +356,7 @@ def test_realistic_h5mu_writes_unequal_batches(tmp_path):
 
 def test_realistic_h5mu_writes_rare_cell_types(tmp_path):
     out = tmp_path / "rare.h5mu"
-    command = [sys.executable, str(SCRIPT.parent / "realistic_h5mu.py"), "--out", str(out)]
+    command = _realistic_command(out)
     small = ["--n-cells", "400", "--n-genes", "100", "--n-peaks", "300", "--n-cell-types", "5"]
     _run(command + small + ["--type-shares", "50", "25", "15", "7", "3"])
     data = mudata.read_h5mu(out)
@@ -370,7 +375,7 @@ def test_realistic_h5mu_writes_rare_cell_types(tmp_path):
 
 def test_realistic_h5mu_removes_a_type_from_a_batch(tmp_path):
     out = tmp_path / "absent.h5mu"
-    command = [sys.executable, str(SCRIPT.parent / "realistic_h5mu.py"), "--out", str(out)]
+    command = _realistic_command(out)
     small = ["--n-cells", "300", "--n-genes", "100", "--n-peaks", "300"]
     _run(command + small)
     full = mudata.read_h5mu(out)
@@ -391,6 +396,27 @@ def test_realistic_h5mu_removes_a_type_from_a_batch(tmp_path):
         command + small + ["--absent", "type_0@batch_9"], capture_output=True, text=True
     )
     assert failed.returncode != 0 and "no batch ['batch_9']" in failed.stderr
+
+
+def test_realistic_h5mu_thins_counts_for_shallow_sequencing(tmp_path):
+    out = tmp_path / "shallow.h5mu"
+    command = _realistic_command(out)
+    small = ["--n-cells", "300", "--n-genes", "200", "--n-peaks", "600"]
+    _run(command + small)
+    full = mudata.read_h5mu(out)
+    _run(command + small + ["--depth", "0.3"])
+    shallow = mudata.read_h5mu(out)
+    assert list(shallow.obs_names) == list(full.obs_names)
+    np.testing.assert_array_equal(shallow.obsm["true_latent"], full.obsm["true_latent"])
+    for name in ("rna", "atac"):
+        before, after = full.mod[name].X.toarray(), shallow.mod[name].X.toarray()
+        # the same cells' counts, each kept with probability 0.3: never more, whole numbers
+        assert (after <= before).all() and (after == np.round(after)).all()
+        assert after.sum() == pytest.approx(0.3 * before.sum(), rel=0.05)
+    # ATAC stays binary; detected peaks fall to about 0.3 of what they were
+    assert set(np.unique(shallow.mod["atac"].X.data)) == {1.0}
+    failed = subprocess.run(command + small + ["--depth", "0"], capture_output=True, text=True)
+    assert failed.returncode != 0 and "--depth must be in (0, 1]" in failed.stderr
 
 
 def test_compare_multivi_reads_a_registry_name(monkeypatch):
@@ -542,24 +568,3 @@ def test_classification_weight_benchmark_runs(tmp_path):
     ]
     assert all(0 <= r["head"] <= 1 and 0 <= r["rna_pca"] <= 1 for r in report["rows"])
     assert report["summary"]["10.0"]["runs"] == 2
-
-
-def test_realistic_h5mu_thins_counts_for_shallow_sequencing(tmp_path):
-    out = tmp_path / "shallow.h5mu"
-    command = [sys.executable, str(SCRIPT.parent / "realistic_h5mu.py"), "--out", str(out)]
-    small = ["--n-cells", "300", "--n-genes", "200", "--n-peaks", "600"]
-    _run(command + small)
-    full = mudata.read_h5mu(out)
-    _run(command + small + ["--depth", "0.3"])
-    shallow = mudata.read_h5mu(out)
-    assert list(shallow.obs_names) == list(full.obs_names)
-    np.testing.assert_array_equal(shallow.obsm["true_latent"], full.obsm["true_latent"])
-    for name in ("rna", "atac"):
-        before, after = full.mod[name].X.toarray(), shallow.mod[name].X.toarray()
-        # the same cells' counts, each kept with probability 0.3: never more, whole numbers
-        assert (after <= before).all() and (after == np.round(after)).all()
-        assert after.sum() == pytest.approx(0.3 * before.sum(), rel=0.05)
-    # ATAC stays binary; detected peaks fall to about 0.3 of what they were
-    assert set(np.unique(shallow.mod["atac"].X.data)) == {1.0}
-    failed = subprocess.run(command + small + ["--depth", "0"], capture_output=True, text=True)
-    assert failed.returncode != 0 and "--depth must be in (0, 1]" in failed.stderr
