@@ -21,11 +21,13 @@ from .data.registry import UNS_KEY, Registry, build_registry
 from .nn.fusion import poe_weights
 from .nn.module import DISAGREEMENT_MEASURES, FUSIONS, MVAEModule, modality_width
 from .train import (
+    CALIBRATION_CELLS_PER_DIM,
     HistoryCallback,
     KeepBestWeights,
     MuDataModule,
     TrainingPlan,
     ema_update,
+    fit_latent_calibration,
     fused_means,
     reuse_freed_memory,
     tensor_core_matmuls,
@@ -669,6 +671,13 @@ class MVAE:
         # Lightning hands the weights back on the CPU; inference (latents, imputation)
         # then streams on the device that trained
         self.module.to(trainer.strategy.root_device).eval()
+        n_calibration = fit_latent_calibration(self.module, self._data, self.device)
+        if n_calibration == 0 and len(self.registry.modalities) > 1:
+            logger.info(
+                "Latents of cells that lack a modality are not calibrated: fewer than %d "
+                "cells have every modality.",
+                CALIBRATION_CELLS_PER_DIM * (self.module.n_latent + 1),
+            )
         self.history = (
             pd.DataFrame(history.rows).set_index("epoch") if history.rows else pd.DataFrame()
         )
@@ -785,8 +794,17 @@ class MVAE:
         key_added: str | None = None,
         batch_size: int = 1024,
         indices: Sequence[int] | Sequence[str] | np.ndarray | None = None,
+        calibrated: bool = True,
     ) -> np.ndarray:
         """Posterior mean of z for every cell; written to ``mdata.obsm`` and returned.
+
+        A cell with every modality gets the mean of its joint posterior. A posterior
+        from only some experts (a cell that lacks a modality, or ``modality=``) sits at
+        a less specific place: its mean is taken through an affine map fitted after
+        training on the cells with every modality, from their posterior mean with those
+        experts to their joint one (:func:`mvae_sc.train.fit_latent_calibration`). An
+        RNA-only cell then lies where the paired cells with its RNA lie, not beside them
+        (README, "Cells that lack a modality").
 
         Parameters
         ----------
@@ -806,6 +824,9 @@ class MVAE:
             Only these cells, as in :meth:`impute`: integer positions, a boolean mask
             over ``mdata.obs_names`` or obs names. The result has their rows, in the
             order given, and is only returned (nothing is written to ``obsm``).
+        calibrated
+            False: the posterior mean itself for every cell, without the map above (what
+            the decoders are trained on; :meth:`impute` decodes it).
 
         Returns
         -------
@@ -827,13 +848,17 @@ class MVAE:
         n_out = data.n_cells if cells is None else len(cells)
         latent = np.empty((n_out, self.module.n_latent), dtype=np.float32)
         for chunk, _, z, has_any in fused_means(
-            self.module, data, self.device, batch_size, sources, cells
+            self.module, data, self.device, batch_size, sources, cells, calibrated
         ):
             latent[chunk] = torch.where(has_any, z, torch.nan).cpu().numpy()
         if cells is not None:
             return latent
         mdata.obsm[key_added] = latent
-        _record(mdata, key_added, {"modality": sources, "fusion": self.module.fusion})
+        _record(
+            mdata,
+            key_added,
+            {"modality": sources, "fusion": self.module.fusion, "calibrated": calibrated},
+        )
         return latent
 
     @torch.inference_mode()
@@ -1163,6 +1188,8 @@ class MVAE:
         model.module = _build_module(registry, model.var_names, model.init_params)
         if config["format_version"] < 3:
             state = _discriminator_of_format_2(state, model.module)
+        if config["format_version"] < 4:  # no latent maps before format 4: the identity
+            state = {**state, "latent_calibration": model.module.latent_calibration}
         try:
             model.module.load_state_dict(state)
         except RuntimeError as err:

@@ -17,8 +17,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 # 2: per-modality hidden widths in init_params; 3: the discriminator sees which experts
-# each posterior fuses, and a batch prior (formats 1 and 2 still read)
-FORMAT_VERSION = 3
+# each posterior fuses, and a batch prior; 4: the latent calibration maps (formats 1 to
+# 3 still read)
+FORMAT_VERSION = 4
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 

@@ -22,7 +22,7 @@ from .data.loader import (
     minibatch_loader,
 )
 from .metrics import leiden_clusters
-from .nn.module import MVAEModule
+from .nn.module import MVAEModule, identity_calibration
 
 logger = logging.getLogger(__name__)
 
@@ -209,15 +209,79 @@ def fused_means(
     batch_size: int,
     sources: list[str] | None = None,
     cells: np.ndarray | None = None,
+    calibrated: bool = False,
 ) -> Iterator[tuple[np.ndarray, dict, torch.Tensor, torch.Tensor]]:
     """Per chunk of cells (all, or the positions ``cells``): ``(chunk, batch, z,
-    has_any)``, the posterior mean of z from the ``sources`` experts (all when None) and
-    whether the cell has any of them; see :func:`device_minibatches` for ``chunk``. Call
-    it with the module in eval mode and gradients off."""
+    has_any)``, the posterior mean of z from the ``sources`` experts (all when None),
+    ``calibrated`` through :meth:`MVAEModule.calibrate`, and whether the cell has any of
+    them; see :func:`device_minibatches` for ``chunk``. Call it with the module in eval
+    mode and gradients off."""
     for chunk, batch in device_minibatches(data, device, batch_size, cells):
         mu, logvar, presence = module.encode(batch, modalities=sources)
         z = module.fused_mean(mu, logvar, presence)
+        if calibrated:
+            z = module.calibrate(z, presence)
         yield chunk, batch, z, presence.any(0).unsqueeze(-1)
+
+
+# cells with every modality needed per latent dimension (plus one) to fit the maps
+CALIBRATION_CELLS_PER_DIM = 10
+
+
+@torch.inference_mode()
+def fit_latent_calibration(
+    module: MVAEModule, data: CellData, device: torch.device, batch_size: int = 4096
+) -> int:
+    """Fit ``module.latent_calibration``: for each proper subset S of the modalities,
+    the affine least-squares map from the posterior mean of S's experts to the posterior
+    mean of all of them, over the cells that have every modality.
+
+    With only some experts, a PoE posterior sits at a less specific place than the
+    joint one (its mean is shrunk towards the prior and mixes what one modality cannot
+    tell apart); the map puts such a cell where cells with every modality and the same
+    partial posterior lie, E[z_all | z_S] to first order. The fit is ridge-regularised
+    towards the identity (penalty 1e-3 of the inputs' sum of squares per dimension).
+    With fewer than
+    ``CALIBRATION_CELLS_PER_DIM * (n_latent + 1)`` such cells (or a single modality)
+    every map stays the identity.
+
+    Returns
+    -------
+    The number of cells the maps were fitted on (0 when left at the identity).
+    """
+    n_modalities, n_latent = len(module.modality_names), module.n_latent
+    maps = identity_calibration(2**n_modalities, n_latent).double()
+    complete = np.flatnonzero(
+        np.logical_and.reduce([data.presence(name) for name in module.modality_names])
+    )
+    n_cells = len(complete)
+    if n_modalities < 2 or n_cells < CALIBRATION_CELLS_PER_DIM * (n_latent + 1):
+        module.latent_calibration.copy_(maps)
+        return 0
+    training = module.training
+    module.eval()
+    codes = range(1, 2**n_modalities - 1)  # every set but the empty and the full one
+    keep = {c: torch.tensor([bool(c >> m & 1) for m in range(n_modalities)]) for c in codes}
+    gram = torch.zeros(2**n_modalities, n_latent + 1, n_latent + 1, dtype=torch.float64)
+    cross = torch.zeros(2**n_modalities, n_latent + 1, n_latent, dtype=torch.float64)
+    for _, batch in device_minibatches(data, device, batch_size, complete):
+        mu, logvar, presence = module.encode(batch)
+        target = module.fused_mean(mu, logvar, presence).double().cpu()
+        for code in codes:
+            subset = presence & keep[code].to(presence.device).unsqueeze(-1)
+            x = module.fused_mean(mu, logvar, subset).double().cpu()
+            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], -1)
+            gram[code] += x.T @ x
+            cross[code] += x.T @ target
+    module.train(training)
+    for code in codes:
+        # penalty lam * ||A_linear - I||^2: lam on the diagonal of the linear part
+        lam = 1e-3 * float(gram[code].diagonal()[:-1].sum()) / n_latent
+        penalty = torch.diag(torch.tensor([lam] * n_latent + [0.0], dtype=torch.float64))
+        rhs = cross[code] + penalty @ maps[code]
+        maps[code] = torch.linalg.solve(gram[code] + penalty, rhs)
+    module.latent_calibration.copy_(maps)
+    return n_cells
 
 
 def batch_balance_weights(

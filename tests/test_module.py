@@ -232,6 +232,22 @@ def test_fused_mean_for_mixtures_is_mixture_mean():
     torch.testing.assert_close(fused[2], post.mu[0, 2])
 
 
+def test_calibrate_applies_the_map_of_each_cells_set_of_experts():
+    """A cell's set of experts picks its affine map (bit m for modality m: RNA alone 1,
+    ATAC alone 2, both 3); a new module's maps are all the identity."""
+    module = _module()
+    mu, logvar, presence = module.encode(_batch())
+    z = module.fused_mean(mu, logvar, presence)
+    torch.testing.assert_close(module.calibrate(z, presence), z)
+    with torch.no_grad():
+        module.latent_calibration[1] = torch.cat([2 * torch.eye(3), torch.ones(1, 3)])
+        module.latent_calibration[2, -1] = -1.0
+    out = module.calibrate(z, presence)
+    torch.testing.assert_close(out[:2], z[:2])  # both modalities
+    torch.testing.assert_close(out[2:4], 2 * z[2:4] + 1)  # RNA only
+    torch.testing.assert_close(out[4:], z[4:] - 1)  # ATAC only
+
+
 class _LinearGaussianDecoder(torch.nn.Module):
     """p(x | z) = N(W z, 1): a decoder whose log-likelihood is easy to write by hand."""
 

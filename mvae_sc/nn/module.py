@@ -190,6 +190,12 @@ class MVAEModule(nn.Module):
             # batch logits for each set of experts (a bit per modality), from 0: uniform
             self.batch_prior = nn.Embedding(2**n_modalities, n_batches)
             nn.init.zeros_(self.batch_prior.weight)
+        # One affine map per set of experts (a bit per modality, as for batch_prior) from
+        # the posterior mean of those experts to the mean of all of them, fitted after
+        # training (mvae_sc.train.fit_latent_calibration); the identity until then.
+        self.register_buffer(
+            "latent_calibration", identity_calibration(2 ** len(modalities), n_latent)
+        )
         self.label_type = label_type
         self.classification_weight = classification_weight
         self.classifier = _head(n_latent, n_label_outputs, n_hidden) if n_label_outputs else None
@@ -300,6 +306,12 @@ class MVAEModule(nn.Module):
             return fu.poe(mu, logvar, presence_mask)[0]
         post = self.posterior(mu, logvar, presence_mask)
         return fu.mixture_mean(post.mu, post.weight > 0)
+
+    def calibrate(self, z: torch.Tensor, presence_mask: torch.Tensor) -> torch.Tensor:
+        """``z`` ``(B, D)`` through the affine map of the set of experts each cell's
+        posterior fused (``presence_mask`` ``(M, B)``): ``[z, 1] @ latent_calibration[set]``."""
+        maps = self.latent_calibration[expert_set_code(presence_mask.T)].to(z.dtype)
+        return torch.baddbmm(maps[:, -1:], z.unsqueeze(1), maps[:, :-1]).squeeze(1)
 
     def pairwise_disagreement(
         self, batch: dict, measure: str = "cross_likelihood"
@@ -520,10 +532,9 @@ class MVAEModule(nn.Module):
         weight 0 (a cell type that no other batch has) neither teaches the
         discriminator nor is pushed towards other batches' cells."""
         frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
-        bits = 2 ** torch.arange(len(self.modality_names), device=batch_index.device)
 
         def prior_logits(experts: torch.Tensor) -> torch.Tensor:
-            return self.batch_prior((experts.long() * bits).sum(-1))
+            return self.batch_prior(expert_set_code(experts))
 
         def features(mean: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
             return torch.cat([mean, experts.to(mean.dtype)], -1)
@@ -593,6 +604,20 @@ def _term_average(sampled: list, value) -> torch.Tensor:
         total = total + w * value(z, mean, experts)
         total_w = total_w + w
     return total / total_w.clamp(min=1e-12)
+
+
+def expert_set_code(experts: torch.Tensor) -> torch.Tensor:
+    """``(..., M)`` booleans (which experts a posterior fuses) to one integer per
+    posterior, bit m for modality m."""
+    bits = 2 ** torch.arange(experts.shape[-1], device=experts.device)
+    return (experts.long() * bits).sum(-1)
+
+
+def identity_calibration(n_sets: int, n_latent: int) -> torch.Tensor:
+    """``(n_sets, n_latent + 1, n_latent)`` affine maps ``[z, 1] @ A`` that are the
+    identity (the last row of each is the offset)."""
+    eye = torch.eye(n_latent + 1, n_latent)
+    return eye.expand(n_sets, n_latent + 1, n_latent).clone()
 
 
 def modality_width(n_features: int, n_hidden: int) -> int:
