@@ -230,7 +230,7 @@ CALIBRATION_CELLS_PER_DIM = 10
 
 @torch.inference_mode()
 def fit_latent_calibration(
-    module: MVAEModule, data: CellData, device: torch.device, batch_size: int = 4096
+    module: MVAEModule, data: CellData, device: torch.device, batch_size: int = 1024
 ) -> int:
     """Fit ``module.latent_calibration``: for each proper subset S of the modalities,
     the affine least-squares map from the posterior mean of S's experts to the posterior
