@@ -226,12 +226,13 @@ def fused_means(
 
 # cells with every modality needed per latent dimension (plus one) to fit the maps
 CALIBRATION_CELLS_PER_DIM = 10
+# values (cells x features, all modalities) of the dense chunks the fit encodes: 64 MB
+# of float32, so that the fit does not raise training's peak memory on wide data
+CALIBRATION_CHUNK_VALUES = 2**24
 
 
 @torch.inference_mode()
-def fit_latent_calibration(
-    module: MVAEModule, data: CellData, device: torch.device, batch_size: int = 1024
-) -> int:
+def fit_latent_calibration(module: MVAEModule, data: CellData, device: torch.device) -> int:
     """Fit ``module.latent_calibration``: for each proper subset S of the modalities,
     the affine least-squares map from the posterior mean of S's experts to the posterior
     mean of all of them, over the cells that have every modality.
@@ -241,9 +242,9 @@ def fit_latent_calibration(
     tell apart); the map puts such a cell where cells with every modality and the same
     partial posterior lie, E[z_all | z_S] to first order. The fit is ridge-regularised
     towards the identity (penalty 1e-3 of the inputs' sum of squares per dimension).
-    With fewer than
-    ``CALIBRATION_CELLS_PER_DIM * (n_latent + 1)`` such cells (or a single modality)
-    every map stays the identity.
+    With fewer than ``CALIBRATION_CELLS_PER_DIM * (n_latent + 1)`` such cells (or a
+    single modality) every map stays the identity. Cells are encoded in chunks of at
+    most 1,024 cells and ``CALIBRATION_CHUNK_VALUES`` dense values.
 
     Returns
     -------
@@ -264,7 +265,9 @@ def fit_latent_calibration(
     keep = {c: torch.tensor([bool(c >> m & 1) for m in range(n_modalities)]) for c in codes}
     gram = torch.zeros(2**n_modalities, n_latent + 1, n_latent + 1, dtype=torch.float64)
     cross = torch.zeros(2**n_modalities, n_latent + 1, n_latent, dtype=torch.float64)
-    for _, batch in device_minibatches(data, device, batch_size, complete):
+    n_features = sum(data.n_features(name) for name in module.modality_names)
+    chunk = max(16, min(1024, CALIBRATION_CHUNK_VALUES // n_features))
+    for _, batch in device_minibatches(data, device, chunk, complete):
         mu, logvar, presence = module.encode(batch)
         target = module.fused_mean(mu, logvar, presence).double().cpu()
         for code in codes:
