@@ -137,7 +137,8 @@ def test_trained_weights_are_the_moving_average_of_the_steps():
     for n, step in enumerate(steps[1:], start=1):
         d = min(0.8, (1 + n) / (10 + n))
         expected = {k: d * v + (1 - d) * step[k] for k, v in expected.items()}
-    weights = [k for k, v in final.items() if v.is_floating_point()]
+    # the latent maps are fitted after training, from the final weights
+    weights = [k for k, v in final.items() if v.is_floating_point() and k != "latent_calibration"]
     for k in weights:
         torch.testing.assert_close(final[k], expected[k])
     # not the last step's weights
