@@ -22,7 +22,8 @@ from .data.loader import (
     minibatch_loader,
 )
 from .metrics import leiden_clusters
-from .nn.module import MVAEModule, identity_calibration
+from .nn.fusion import subset_members
+from .nn.module import MVAEModule, expert_set_code, identity_calibration
 
 logger = logging.getLogger(__name__)
 
@@ -261,8 +262,9 @@ def fit_latent_calibration(module: MVAEModule, data: CellData, device: torch.dev
         return 0
     training = module.training
     module.eval()
-    codes = range(1, 2**n_modalities - 1)  # every set but the empty and the full one
-    keep = {c: torch.tensor([bool(c >> m & 1) for m in range(n_modalities)]) for c in codes}
+    # every non-empty set of experts but the full one (subset_members lists it last)
+    members = subset_members(n_modalities, device)[:-1]
+    codes = expert_set_code(members).tolist()
     gram = torch.zeros(2**n_modalities, n_latent + 1, n_latent + 1, dtype=torch.float64)
     cross = torch.zeros(2**n_modalities, n_latent + 1, n_latent, dtype=torch.float64)
     n_features = sum(data.n_features(name) for name in module.modality_names)
@@ -270,8 +272,8 @@ def fit_latent_calibration(module: MVAEModule, data: CellData, device: torch.dev
     for _, batch in device_minibatches(data, device, chunk, complete):
         mu, logvar, presence = module.encode(batch)
         target = module.fused_mean(mu, logvar, presence).double().cpu()
-        for code in codes:
-            subset = presence & keep[code].to(presence.device).unsqueeze(-1)
+        for code, keep in zip(codes, members, strict=True):
+            subset = presence & keep.unsqueeze(-1)
             x = module.fused_mean(mu, logvar, subset).double().cpu()
             x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], -1)
             gram[code] += x.T @ x
