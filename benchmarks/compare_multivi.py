@@ -19,8 +19,10 @@ What it does
 Data. ``--dataset synthetic`` simulates ``synthetic_multiome(n_cells, n_batches=2)``:
 60% paired, 20% RNA-only, 20% ATAC-only cells, with the dropped measurements kept as
 held-out truth. ``--dataset PATH`` reads real multiome data: a ``.h5mu`` file, a Cell Ranger
-ARC ``filtered_feature_bc_matrix.h5`` (:func:`mvae_sc.io.read_10x_multiome`) or the name
-of a data registry card (:func:`mvae_sc.datasets.load`: its checksummed cache, else a
+ARC ``filtered_feature_bc_matrix.h5`` (:func:`mvae_sc.io.read_10x_multiome`), an ``.h5ad``
+with genes and peaks side by side and a ``var`` column of their types, as the NeurIPS
+2021 multiome file (:func:`mvae_sc.io.split_modalities`), or the name of a data registry
+card (:func:`mvae_sc.datasets.load`: its checksummed cache, else a
 download). What the command line does not name is looked up: the modalities (``rna``,
 ``gex``, ... and ``atac``, ``peaks``, ..., any case), the raw counts (X when it holds whole
 numbers, else a ``counts`` layer; normalised data are refused with the option to pass),
@@ -31,8 +33,8 @@ keeps all), makes repeated feature names unique (``var_names_make_unique``), dro
 features seen in fewer than ``--min-feature-frac`` of the cells (as the MultiVI tutorial
 does), then hides ATAC from 20% of the paired cells and RNA from another 20%
 (:func:`mvae_sc.datasets.hide_modality`), which gives the same 60/20/20 mosaic with
-held-out truth. ``--dataset shared`` runs every ``.h5mu`` and ``.h5`` file under
-``../shared/data`` (sub-folders too), skipping with a message any it cannot read.
+held-out truth. ``--dataset shared`` runs every ``.h5mu``, ``.h5`` and ``.h5ad`` file
+under ``../shared/data`` (sub-folders too), skipping with a message any it cannot read.
 
 Models. Both at latent size 20 and hidden width 256, otherwise at their own defaults,
 each with its own early stopping (mvae_sc: validation ELBO, patience 20; MultiVI:
@@ -118,6 +120,7 @@ LABEL_KEYS = (
 )
 BATCH_KEYS = ("batch", "sample", "batch_id", "sample_id")
 COUNT_LAYERS = ("counts", "raw_counts", "raw")
+DATA_SUFFIXES = (".h5mu", ".h5", ".h5ad")
 NO_KEY = "none"
 
 # (key, row label, better: "up" / "down" / None, quality metric shown in the figure)
@@ -266,22 +269,27 @@ def _counts(adata, layer: str | None, mod: str, option: str) -> tuple[str, objec
 
 
 def _read_file(source: str):
-    """A .h5mu file, a Cell Ranger ARC .h5 file or a data registry name, as a MuData."""
+    """A .h5mu file, a Cell Ranger ARC .h5 file, an .h5ad of genes and peaks side by side
+    (a ``var`` column of feature types, as the NeurIPS 2021 multiome file) or a data
+    registry name, as a MuData."""
+    import anndata
     import mudata
 
     import mvae_sc
-    from mvae_sc.io import read_10x_multiome
+    from mvae_sc.io import read_10x_multiome, split_modalities
 
     path = Path(source)
     if path.suffix == ".h5mu":
         return mudata.read_h5mu(path)
+    if path.suffix == ".h5ad":
+        return split_modalities(anndata.read_h5ad(path))
     if path.suffix == ".h5" or path.exists():
         return read_10x_multiome(path)
     if source in mvae_sc.datasets.available():
         return mvae_sc.datasets.load(source)  # the registry's cache, checksum-verified
     raise ValueError(
-        f"{source!r} is neither a file (.h5mu or a Cell Ranger ARC .h5) nor a data set of "
-        f"the registry ({mvae_sc.datasets.available()})"
+        f"{source!r} is neither a file (.h5mu, .h5ad or a Cell Ranger ARC .h5) nor a data "
+        f"set of the registry ({mvae_sc.datasets.available()})"
     )
 
 
@@ -1254,8 +1262,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dataset",
         default="synthetic",
         help="'synthetic'; a .h5mu file; a Cell Ranger ARC filtered_feature_bc_matrix.h5; "
-        "a data registry name (mvae_sc.datasets.available(), read from its checksummed "
-        f"cache); or 'shared' for every .h5mu and .h5 under {SHARED_DATA} (default: synthetic)",
+        "an .h5ad with genes and peaks side by side (var['feature_types'] GEX/ATAC or "
+        "'Gene Expression'/'Peaks'); a data registry name (mvae_sc.datasets.available(), "
+        "read from its checksummed cache); or 'shared' for every .h5mu, .h5 and .h5ad "
+        f"under {SHARED_DATA} (default: synthetic)",
     )
     parser.add_argument(
         "--n-cells",
@@ -1376,10 +1386,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def shared_files(folder: Path) -> list[Path]:
-    """Every .h5mu and .h5 file under `folder`, in sub-folders too (one per data set)."""
+    """Every .h5mu, .h5 and .h5ad file under `folder`, in sub-folders too (one per data
+    set; an .h5ad that holds one modality is skipped with the reason when read)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.suffix in (".h5mu", ".h5") and p.is_file())
+    return sorted(p for p in folder.rglob("*") if p.suffix in DATA_SUFFIXES and p.is_file())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1408,7 +1419,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.dataset == "shared":
         files = shared_files(SHARED_DATA)
         if not files:
-            print(f"[compare_multivi] no .h5mu or .h5 under {SHARED_DATA}; nothing to compare")  # noqa: T201
+            kinds = " / ".join(DATA_SUFFIXES)
+            print(f"[compare_multivi] no {kinds} file under {SHARED_DATA}; nothing to compare")  # noqa: T201
             return
         datasets = [str(f) for f in files]
     else:

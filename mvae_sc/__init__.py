@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, metrics, pl
+from . import datasets, io, metrics, pl
 from .model import MVAE
 
 try:
@@ -12,4 +12,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["MVAE", "datasets", "metrics", "pl", "__version__"]
+__all__ = ["MVAE", "datasets", "io", "metrics", "pl", "__version__"]

@@ -1,4 +1,5 @@
-"""Reading and writing: the 10x Genomics multiome reader (model files come later)."""
+"""Reading multiome data: the 10x Genomics Cell Ranger ARC reader, and one AnnData of
+several modalities' features split into a MuData."""
 
 from __future__ import annotations
 
@@ -14,18 +15,26 @@ import scipy.sparse as sp
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_10x_multiome"]
+__all__ = ["read_10x_multiome", "split_modalities"]
 
 # ---------------------------------------------------------------------------------------
 # 10x Genomics Cell Ranger ARC reader
 # ---------------------------------------------------------------------------------------
 
-#: Modality name for each 10x ``feature_type``; other types get a lower-case name.
+#: Modality name for each feature type, as Cell Ranger writes them and as the NeurIPS
+#: 2021 (openproblems) multiome and CITE-seq files name them; other types get a
+#: lower-case name.
 FEATURE_TYPE_TO_MODALITY = {
     "Gene Expression": "rna",
+    "GEX": "rna",
     "Peaks": "atac",
+    "ATAC": "atac",
     "Antibody Capture": "prot",
+    "ADT": "prot",
 }
+
+#: ``var`` columns that name each feature's type in a combined AnnData, first found used.
+FEATURE_TYPE_KEYS = ("feature_types", "feature_type", "modality")
 
 _REQUIRED_10X_DATASETS = (
     "matrix/barcodes",
@@ -53,8 +62,9 @@ def _modality_name(feature_type: str) -> str:
 
 
 def _parse_intervals(intervals: np.ndarray) -> pd.DataFrame:
-    """'chr1:100-200' -> chrom, start, end columns (NA where the interval is malformed)."""
-    parts = pd.Series(intervals, dtype=object).str.extract(r"^(.+):(\d+)-(\d+)$")
+    """'chr1:100-200' or 'chr1-100-200' -> chrom, start, end columns (NA where the
+    interval is malformed)."""
+    parts = pd.Series(intervals, dtype=object).str.extract(r"^(.+)[:-](\d+)-(\d+)$")
     return pd.DataFrame(
         {
             "chrom": parts[0].to_numpy(dtype=object),
@@ -177,3 +187,105 @@ def read_10x_multiome(path: str | Path) -> mudata.MuData:
     )
     with mudata.set_options(pull_on_update=False):
         return mudata.MuData(mods)
+
+
+# ---------------------------------------------------------------------------------------
+# One AnnData of several modalities' features
+# ---------------------------------------------------------------------------------------
+
+
+def split_modalities(adata: ad.AnnData, *, key: str | None = None) -> mudata.MuData:
+    """Split an AnnData that holds several modalities' features side by side into a
+    MuData with one modality per feature type.
+
+    Multiome and CITE-seq data are often shared as one ``.h5ad`` whose ``var`` column
+    names each feature's type: ``"GEX"``/``"ATAC"``/``"ADT"`` in the NeurIPS 2021
+    (openproblems) files, ``"Gene Expression"``/``"Peaks"`` after
+    ``scanpy.read_10x_h5(..., gex_only=False)``. Modalities are named as in
+    :func:`read_10x_multiome` (``rna``, ``atac``, ``prot``; any other type its lower-cased
+    name).
+
+    Parameters
+    ----------
+    adata
+        Cells x features of every modality; not modified.
+    key
+        The ``var`` column with each feature's type; by default the first of
+        ``feature_types``, ``feature_type``, ``modality`` that ``adata.var`` has.
+
+    Returns
+    -------
+    MuData whose modalities keep their features' ``X``, every layer (a ``counts`` layer
+    of raw counts, say), ``var`` and ``varm``, and whose ``obs`` (cell types, batches),
+    ``obsm``, ``obsp`` and ``uns`` are ``adata``'s. ATAC peaks named
+    ``chr:start-end`` or ``chr-start-end`` get ``var["chrom"/"start"/"end"]``.
+
+    Raises
+    ------
+    ValueError
+        If `key` is not a ``var`` column (or none of the default ones is), or if the
+        features are all of one type.
+
+    Examples
+    --------
+    >>> import anndata, mvae_sc
+    >>> adata = anndata.read_h5ad("GSE194122_openproblems_neurips2021_multiome_BMMC_processed.h5ad")  # doctest: +SKIP
+    >>> mdata = mvae_sc.io.split_modalities(adata)  # doctest: +SKIP
+    >>> list(mdata.mod)  # doctest: +SKIP
+    ['rna', 'atac']
+    """
+    if key is None:
+        found = [k for k in FEATURE_TYPE_KEYS if k in adata.var.columns]
+        if not found:
+            raise ValueError(
+                f"adata.var has none of the columns {list(FEATURE_TYPE_KEYS)} that name each "
+                f"feature's type (var columns: {list(adata.var.columns)}). Pass the column "
+                "as key=..., or build the MuData yourself: "
+                "mudata.MuData({'rna': rna_adata, 'atac': atac_adata})."
+            )
+        key = found[0]
+    elif key not in adata.var.columns:
+        raise ValueError(
+            f"adata.var has no column {key!r} (var columns: {list(adata.var.columns)})."
+        )
+    feature_type = adata.var[key].astype(str).to_numpy()
+    types = list(pd.unique(feature_type))
+    if len(types) < 2:
+        raise ValueError(
+            f"adata.var[{key!r}] names {len(types)} feature type(s) ({types}): nothing to "
+            "split into modalities. With one AnnData per modality, build the MuData from "
+            "them: mudata.MuData({'rna': rna_adata, 'atac': atac_adata})."
+        )
+    names = [_modality_name(t) for t in types]
+    if len(set(names)) < len(names):
+        raise ValueError(f"feature types {types} give the modality names {names} twice.")
+    mods: dict[str, ad.AnnData] = {}
+    for ftype, name in zip(types, names, strict=True):
+        columns = np.flatnonzero(feature_type == ftype)
+        part = ad.AnnData(
+            X=adata.X[:, columns] if adata.X is not None else None,
+            obs=pd.DataFrame(index=adata.obs_names.copy()),
+            var=adata.var.iloc[columns].copy(),
+            layers={layer: values[:, columns] for layer, values in adata.layers.items()},
+            varm={k: np.asarray(v)[columns] for k, v in adata.varm.items()},
+        )
+        if name == "atac" and not {"chrom", "start", "end"} & set(part.var.columns):
+            parsed = _parse_intervals(part.var_names.to_numpy())
+            if parsed["start"].notna().all():
+                for column, values in parsed.items():
+                    part.var[column] = values.to_numpy()
+        mods[name] = part
+    with mudata.set_options(pull_on_update=False):
+        mdata = mudata.MuData(mods, obs=adata.obs.copy())
+    for k, v in adata.obsm.items():
+        mdata.obsm[k] = v
+    for k, v in adata.obsp.items():
+        mdata.obsp[k] = v
+    mdata.uns.update(adata.uns)
+    logger.info(
+        "split %d features by var[%r]: %s",
+        adata.n_vars,
+        key,
+        ", ".join(f"{k} {a.n_vars}" for k, a in mods.items()),
+    )
+    return mdata

@@ -12,7 +12,7 @@ import mvae_sc
 PUBLIC = [
     *(getattr(mvae_sc.MVAE, name) for name in dir(mvae_sc.MVAE) if not name.startswith("_")),
     *(getattr(mvae_sc.datasets, name) for name in mvae_sc.datasets.__all__),
-    mvae_sc.io.read_10x_multiome,
+    *(getattr(mvae_sc.io, name) for name in mvae_sc.io.__all__),
     mvae_sc.pl.history,
     mvae_sc.pl.umap_overview,
 ]

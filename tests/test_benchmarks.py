@@ -297,15 +297,51 @@ def test_compare_multivi_shared_takes_every_multiome_file_in_sub_folders(tmp_pat
     for name in files:
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("")
-    assert cm.shared_files(tmp_path) == [tmp_path / files[1], tmp_path / files[2]]
+    assert cm.shared_files(tmp_path) == [tmp_path / name for name in files[1:]]
     assert cm.shared_files(tmp_path / "absent") == []
+
+
+def test_compare_multivi_reads_genes_and_peaks_side_by_side_in_an_h5ad(tmp_path):
+    """An .h5ad with both modalities' features and var["feature_types"] GEX/ATAC, counts
+    in a layer and X normalised (the NeurIPS 2021 multiome file's layout), is split into
+    modalities and read like a .h5mu; an .h5ad of one modality is refused with the way
+    out."""
+    import anndata
+    import scanpy as sc
+
+    cm = _compare_multivi()
+    source = _paired_source(300)
+    rna, atac = source.mod["rna"], source.mod["atac"]
+    combined = anndata.concat([rna, atac], axis=1, merge="first")
+    combined.var["feature_types"] = ["GEX"] * rna.n_vars + ["ATAC"] * atac.n_vars
+    combined.obs = source.obs[["cell_type", "batch"]].loc[combined.obs_names]
+    combined.layers["counts"] = combined.X.copy()
+    sc.pp.normalize_total(combined)
+    sc.pp.log1p(combined)
+    path = tmp_path / "bmmc.h5ad"
+    combined.write_h5ad(path)
+
+    data = cm.load_dataset(cm.parse_args(["--dataset", str(path), "--min-feature-frac", "0"]))
+    assert data.uns[cm.READ_INFO] == {
+        "counts": {"rna": "mod['rna'].layers['counts']", "atac": "mod['atac'].layers['counts']"},
+        "label_key": "cell_type",
+        "batch_key": "batch",
+    }
+    assert data.mod["rna"].n_vars == rna.n_vars and data.mod["atac"].n_vars == atac.n_vars
+    cells = data.mod["atac"].obs_names
+    np.testing.assert_array_equal(data.mod["atac"].X.toarray(), atac[cells].X.toarray())
+    assert (data.obs[cm.LABEL].astype(str) == source.obs.loc[data.obs_names, "cell_type"]).all()
+
+    rna.write_h5ad(tmp_path / "rna_only.h5ad")
+    with pytest.raises(ValueError, match="none of the columns .*feature_types"):
+        cm.load_dataset(cm.parse_args(["--dataset", str(tmp_path / "rna_only.h5ad")]))
 
 
 def test_compare_multivi_shared_without_data_says_so(tmp_path, monkeypatch, capsys):
     cm = _compare_multivi()
     monkeypatch.setattr(cm, "SHARED_DATA", tmp_path / "data")
     cm.main(["--dataset", "shared", "--methods", "mvae_sc", "--out-dir", str(tmp_path)])
-    assert "no .h5mu or .h5 under" in capsys.readouterr().out
+    assert "no .h5mu / .h5 / .h5ad file under" in capsys.readouterr().out
     assert not list(tmp_path.glob("*.json"))
 
 

@@ -1,18 +1,20 @@
-"""Tests for mvae_sc.io: the 10x Genomics multiome reader."""
+"""Tests for mvae_sc.io: the 10x Genomics multiome reader and split_modalities."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import anndata as ad
 import h5py
 import mudata
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from _tenx import write_10x_matrix
 
-from mvae_sc.io import read_10x_multiome
+from mvae_sc.io import FEATURE_TYPE_KEYS, read_10x_multiome, split_modalities
 
 N_BARCODES, N_GENES, N_PEAKS, N_PROT = 30, 20, 40, 5
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -158,8 +160,10 @@ def test_read_10x_multiome_rejects_non_10x_files(tmp_path: Path) -> None:
 def _real_files() -> list[Path]:
     if not SHARED_DATA.is_dir():
         return []
-    return sorted(SHARED_DATA.glob("*filtered_feature_bc_matrix*.h5")) + sorted(
-        SHARED_DATA.glob("*.h5mu")
+    return (
+        sorted(SHARED_DATA.glob("*filtered_feature_bc_matrix*.h5"))
+        + sorted(SHARED_DATA.glob("*.h5mu"))
+        + sorted(SHARED_DATA.glob("*.h5ad"))
     )
 
 
@@ -168,10 +172,18 @@ def test_read_real_multiome_files() -> None:
     paths = _real_files()
     if not paths:
         pytest.skip(
-            "no real multiome file (*filtered_feature_bc_matrix*.h5 or *.h5mu) in "
+            "no real multiome file (*filtered_feature_bc_matrix*.h5, *.h5mu or *.h5ad) in "
             f"{SHARED_DATA.resolve()}"
         )
     for path in paths:
+        if path.suffix == ".h5ad":  # one modality's file, or genes and peaks side by side
+            adata = ad.read_h5ad(path, backed="r")
+            if any(k in adata.var.columns for k in FEATURE_TYPE_KEYS):
+                mdata = split_modalities(adata[:200].to_memory())
+                assert len(mdata.mod) >= 2, path
+                assert all(m.n_obs == mdata.n_obs > 0 and m.n_vars > 0 for m in mdata.mod.values())
+            adata.file.close()
+            continue
         if path.suffix == ".h5mu":
             mdata = mudata.read_h5mu(path, backed="r")
         else:
@@ -182,3 +194,60 @@ def test_read_real_multiome_files() -> None:
         assert mdata.mod["rna"].n_obs > 0 and mdata.mod["rna"].n_vars > 0, path
         assert mdata.mod["atac"].n_vars > 0, path
         assert mdata.mod["rna"].var_names.is_unique, path
+
+
+def _combined_multiome(n_cells: int = 12, n_genes: int = 5, n_peaks: int = 7) -> ad.AnnData:
+    """One AnnData with genes and peaks side by side, as the NeurIPS 2021 multiome file:
+    var["feature_types"] GEX/ATAC, peaks named chr-start-end, normalised X, raw counts in
+    layers["counts"], cell types and batches in obs."""
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(1.0, size=(n_cells, n_genes + n_peaks)).astype(np.float32)
+    var = pd.DataFrame(
+        {"feature_types": ["GEX"] * n_genes + ["ATAC"] * n_peaks, "gene_id": "x"},
+        index=[f"G{i}" for i in range(n_genes)]
+        + [f"chr{1 + i % 2}-{100 * i}-{100 * i + 50}" for i in range(n_peaks)],
+    )
+    obs = pd.DataFrame(
+        {"cell_type": ["B", "T"] * (n_cells // 2), "batch": ["s1d1"] * n_cells},
+        index=[f"cell{i}" for i in range(n_cells)],
+    )
+    adata = ad.AnnData(sp.csr_matrix(np.log1p(counts)), obs=obs, var=var)
+    adata.layers["counts"] = sp.csr_matrix(counts)
+    adata.obsm["X_umap"] = rng.normal(size=(n_cells, 2))
+    adata.uns["dataset_id"] = "neurips2021"
+    return adata
+
+
+def test_split_modalities_gives_each_feature_type_its_modality() -> None:
+    adata = _combined_multiome()
+    mdata = split_modalities(adata)
+    assert list(mdata.mod) == ["rna", "atac"]
+    rna, atac = mdata.mod["rna"], mdata.mod["atac"]
+    assert list(rna.var_names) == [f"G{i}" for i in range(5)]
+    assert list(atac.var_names) == list(adata.var_names[5:])
+    counts = adata.layers["counts"].toarray()
+    np.testing.assert_array_equal(rna.layers["counts"].toarray(), counts[:, :5])
+    np.testing.assert_array_equal(atac.layers["counts"].toarray(), counts[:, 5:])
+    np.testing.assert_array_equal(atac.X.toarray(), adata.X.toarray()[:, 5:])
+    assert list(atac.var["chrom"][:2]) == ["chr1", "chr2"]
+    assert list(atac.var["start"][:2]) == [0, 100] and list(atac.var["end"][:2]) == [50, 150]
+    assert "chrom" not in rna.var.columns and (rna.var["gene_id"] == "x").all()
+    # cells' annotations on the MuData, where MVAE.setup_mudata and the benchmark read them
+    pd.testing.assert_frame_equal(mdata.obs, adata.obs)
+    np.testing.assert_array_equal(mdata.obsm["X_umap"], adata.obsm["X_umap"])
+    assert mdata.uns["dataset_id"] == "neurips2021"
+    assert (rna.obs_names == adata.obs_names).all()
+    assert adata.n_vars == 12 and "counts" in adata.layers  # the input is left as it was
+
+
+def test_split_modalities_says_what_is_missing() -> None:
+    adata = _combined_multiome()
+    with pytest.raises(ValueError, match="no column 'kind'"):
+        split_modalities(adata, key="kind")
+    adata.var = adata.var.rename(columns={"feature_types": "kind"})
+    with pytest.raises(ValueError, match=r"none of the columns .*feature_types.*key=\.\.\."):
+        split_modalities(adata)
+    assert list(split_modalities(adata, key="kind").mod) == ["rna", "atac"]
+    adata.var["kind"] = "GEX"
+    with pytest.raises(ValueError, match="nothing to split"):
+        split_modalities(adata, key="kind")
