@@ -21,8 +21,9 @@ Data. ``--dataset synthetic`` simulates ``synthetic_multiome(n_cells, n_batches=
 held-out truth. ``--dataset PATH`` reads real multiome data: a ``.h5mu`` file, a Cell Ranger
 ARC ``filtered_feature_bc_matrix.h5`` (:func:`mvae_sc.io.read_10x_multiome`), an ``.h5ad``
 with genes and peaks side by side and a ``var`` column of their types, as the NeurIPS
-2021 multiome file (:func:`mvae_sc.io.split_modalities`), or the name of a data registry
-card (:func:`mvae_sc.datasets.load`: its checksummed cache, else a
+2021 multiome file (:func:`mvae_sc.io.split_modalities`), an RNA and an ATAC ``.h5ad``
+given comma-separated (``pbmc-RNA.h5ad,pbmc-ATAC.h5ad``; ``--dataset shared`` pairs such
+files itself), or the name of a data registry card (:func:`mvae_sc.datasets.load`: its checksummed cache, else a
 download). What the command line does not name is looked up: the modalities (``rna``,
 ``gex``, ... and ``atac``, ``peaks``, ..., any case), the raw counts (X when it holds whole
 numbers, else a ``counts`` layer; normalised data are refused with the option to pass),
@@ -76,6 +77,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -121,6 +123,12 @@ LABEL_KEYS = (
 BATCH_KEYS = ("batch", "sample", "batch_id", "sample_id")
 COUNT_LAYERS = ("counts", "raw_counts", "raw")
 DATA_SUFFIXES = (".h5mu", ".h5", ".h5ad")
+#: Words in the name of an .h5ad that holds one modality (``pbmc10k-RNA.h5ad`` beside
+#: ``pbmc10k-ATAC.h5ad``, as GLUE's and many tutorials' files are shared).
+FILE_MODALITY_WORDS = {
+    "rna": ("rna", "gex", "expression"),
+    "atac": ("atac", "peaks", "accessibility", "chromatin"),
+}
 NO_KEY = "none"
 
 # (key, row label, better: "up" / "down" / None, quality metric shown in the figure)
@@ -278,6 +286,16 @@ def _read_file(source: str):
     import mvae_sc
     from mvae_sc.io import read_10x_multiome, split_modalities
 
+    if "," in source:  # one .h5ad per modality: cells in both are the paired ones
+        paths = [Path(part) for part in source.split(",")]
+        named = {_file_modality(p): p for p in paths}
+        if set(named) != {"rna", "atac"} or any(p.suffix != ".h5ad" for p in paths):
+            raise ValueError(
+                f"{source!r}: give one RNA and one ATAC .h5ad, comma-separated, each named "
+                f"with one of the words {FILE_MODALITY_WORDS} (e.g. pbmc-RNA.h5ad,pbmc-ATAC.h5ad)"
+            )
+        with mudata.set_options(pull_on_update=False):
+            return mudata.MuData({mod: anndata.read_h5ad(p) for mod, p in named.items()})
     path = Path(source)
     if path.suffix == ".h5mu":
         return mudata.read_h5mu(path)
@@ -373,8 +391,29 @@ def load_dataset(args: argparse.Namespace):
     return mdata
 
 
+def _name_words(path: Path) -> list[str]:
+    return [w for w in re.split(r"[^a-z0-9]+", path.stem.lower()) if w]
+
+
+def _file_modality(path: Path) -> str | None:
+    """'rna' or 'atac' when the file's name says which one modality it holds, else None."""
+    found = {
+        mod for mod, words in FILE_MODALITY_WORDS.items() if set(words) & set(_name_words(path))
+    }
+    return found.pop() if len(found) == 1 else None
+
+
+def _without_modality_words(path: Path) -> str:
+    every = {w for words in FILE_MODALITY_WORDS.values() for w in words}
+    return "_".join(w for w in _name_words(path) if w not in every)
+
+
 def dataset_name(args: argparse.Namespace) -> str:
-    return "synthetic" if args.dataset == "synthetic" else Path(args.dataset).stem
+    if args.dataset == "synthetic":
+        return "synthetic"
+    if "," in args.dataset:  # a pair of one-modality files
+        return _without_modality_words(Path(args.dataset.split(",")[0])) or "multiome"
+    return Path(args.dataset).stem
 
 
 def _fingerprint(mdata) -> str:
@@ -1263,7 +1302,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="synthetic",
         help="'synthetic'; a .h5mu file; a Cell Ranger ARC filtered_feature_bc_matrix.h5; "
         "an .h5ad with genes and peaks side by side (var['feature_types'] GEX/ATAC or "
-        "'Gene Expression'/'Peaks'); a data registry name (mvae_sc.datasets.available(), "
+        "'Gene Expression'/'Peaks'); an RNA and an ATAC .h5ad, comma-separated "
+        "(pbmc-RNA.h5ad,pbmc-ATAC.h5ad); a data registry name (mvae_sc.datasets.available(), "
         "read from its checksummed cache); or 'shared' for every .h5mu, .h5 and .h5ad "
         f"under {SHARED_DATA} (default: synthetic)",
     )
@@ -1385,12 +1425,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def shared_files(folder: Path) -> list[Path]:
-    """Every .h5mu, .h5 and .h5ad file under `folder`, in sub-folders too (one per data
-    set; an .h5ad that holds one modality is skipped with the reason when read)."""
+def shared_files(folder: Path) -> list[str]:
+    """Every data set under `folder` (sub-folders too): each .h5mu, .h5 and .h5ad file,
+    except that two .h5ad files of one folder whose names differ only in the modality's
+    word (``pbmc-RNA.h5ad``, ``pbmc-ATAC.h5ad``) are one data set, ``"rna,atac"``."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.suffix in DATA_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.suffix in DATA_SUFFIXES and p.is_file())
+    pairs: dict[tuple[Path, str], dict[str, Path]] = {}
+    for path in files:
+        mod = _file_modality(path) if path.suffix == ".h5ad" else None
+        if mod is not None:
+            pairs.setdefault((path.parent, _without_modality_words(path)), {})[mod] = path
+    paired = {
+        path: f"{group['rna']},{group['atac']}"
+        for group in pairs.values()
+        if set(group) == {"rna", "atac"}
+        for path in group.values()
+    }
+    return sorted({paired.get(path, str(path)) for path in files})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1422,7 +1475,7 @@ def main(argv: list[str] | None = None) -> None:
             kinds = " / ".join(DATA_SUFFIXES)
             print(f"[compare_multivi] no {kinds} file under {SHARED_DATA}; nothing to compare")  # noqa: T201
             return
-        datasets = [str(f) for f in files]
+        datasets = files
     else:
         datasets = [args.dataset]
     for dataset in datasets:

@@ -293,11 +293,23 @@ def test_compare_multivi_finds_keys_layers_and_modality_names(tmp_path):
 
 def test_compare_multivi_shared_takes_every_multiome_file_in_sub_folders(tmp_path):
     cm = _compare_multivi()
-    files = ["a/PROVENANCE.txt", "a/a.h5mu", "b/b_filtered_feature_bc_matrix.h5", "c.h5ad"]
+    files = [
+        "a/PROVENANCE.txt",
+        "a/a.h5mu",
+        "b/b_filtered_feature_bc_matrix.h5",
+        "c.h5ad",
+        "d/pbmc10k-ATAC.h5ad",
+        "d/pbmc10k-RNA.h5ad",
+        "d/other-RNA.h5ad",
+    ]
     for name in files:
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("")
-    assert cm.shared_files(tmp_path) == [tmp_path / name for name in files[1:]]
+    found = cm.shared_files(tmp_path)
+    # the RNA and ATAC files of one data set are one entry; a lone RNA file stays alone
+    pair = f"{tmp_path / files[5]},{tmp_path / files[4]}"
+    assert found == sorted(str(tmp_path / n) for n in (*files[1:4], files[6])) + [pair]
+    assert cm.dataset_name(cm.parse_args(["--dataset", pair])) == "pbmc10k"
     assert cm.shared_files(tmp_path / "absent") == []
 
 
@@ -335,6 +347,30 @@ def test_compare_multivi_reads_genes_and_peaks_side_by_side_in_an_h5ad(tmp_path)
     rna.write_h5ad(tmp_path / "rna_only.h5ad")
     with pytest.raises(ValueError, match="none of the columns .*feature_types"):
         cm.load_dataset(cm.parse_args(["--dataset", str(tmp_path / "rna_only.h5ad")]))
+
+
+def test_compare_multivi_reads_one_h5ad_per_modality(tmp_path):
+    """An RNA and an ATAC .h5ad (GLUE's pbmc10k-RNA.h5ad / pbmc10k-ATAC.h5ad), given
+    comma-separated: cells in both are paired, cell types are found in the modalities'
+    obs."""
+    cm = _compare_multivi()
+    source = _paired_source(300)
+    for mod, word in (("rna", "RNA"), ("atac", "ATAC")):
+        adata = source.mod[mod].copy()
+        adata.obs["cell_type"] = source.obs.loc[adata.obs_names, "cell_type"].to_numpy()
+        adata.write_h5ad(tmp_path / f"pbmc10k-{word}.h5ad")
+    pair = f"{tmp_path / 'pbmc10k-RNA.h5ad'},{tmp_path / 'pbmc10k-ATAC.h5ad'}"
+    data = cm.load_dataset(cm.parse_args(["--dataset", pair, "--min-feature-frac", "0"]))
+    assert data.uns[cm.READ_INFO]["label_key"] == "cell_type"
+    assert data.uns[cm.READ_INFO]["counts"] == {"rna": "mod['rna'].X", "atac": "mod['atac'].X"}
+    assert data.n_obs == 300 and data.mod["atac"].n_vars == source.mod["atac"].n_vars
+    assert data.obs[cm.MODALITY].value_counts().to_dict() == {
+        "paired": 180,
+        "rna_only": 60,
+        "atac_only": 60,
+    }
+    with pytest.raises(ValueError, match="one RNA and one ATAC .h5ad"):
+        cm.load_dataset(cm.parse_args(["--dataset", f"{pair.split(',')[0]},{pair.split(',')[0]}"]))
 
 
 def test_compare_multivi_shared_without_data_says_so(tmp_path, monkeypatch, capsys):
