@@ -276,10 +276,15 @@ def _counts(adata, layer: str | None, mod: str, option: str) -> tuple[str, objec
     return where, x
 
 
-def _read_file(source: str):
+def _read_file(source: str, pick=None):
     """A .h5mu file, a Cell Ranger ARC .h5 file, an .h5ad of genes and peaks side by side
     (a ``var`` column of feature types, as the NeurIPS 2021 multiome file) or a data
-    registry name, as a MuData."""
+    registry name, as a MuData.
+
+    ``pick(n_obs)``, if given, returns the rows to keep (or None for all); an .h5ad is then
+    read backed and only those rows are loaded, so a large atlas file is not held whole
+    twice while it is split.
+    """
     import anndata
     import mudata
 
@@ -300,7 +305,11 @@ def _read_file(source: str):
     if path.suffix == ".h5mu":
         return mudata.read_h5mu(path)
     if path.suffix == ".h5ad":
-        return split_modalities(anndata.read_h5ad(path))
+        backed = anndata.read_h5ad(path, backed="r")
+        keep = None if pick is None else pick(backed.n_obs)
+        adata = backed.to_memory() if keep is None else backed[keep].to_memory()
+        backed.file.close()
+        return split_modalities(adata)
     if path.suffix == ".h5" or path.exists():
         return read_10x_multiome(path)
     if source in mvae_sc.datasets.available():
@@ -326,17 +335,20 @@ def _read_real(source: str, args: argparse.Namespace):
 
     import mvae_sc
 
-    mdata = _read_file(source)
+    rng = np.random.default_rng(args.seed)
+
+    def pick(n_obs: int) -> np.ndarray | None:  # the cells kept: --n-cells at random, or all
+        if args.n_cells and n_obs > args.n_cells:
+            return np.sort(rng.choice(n_obs, size=args.n_cells, replace=False))
+        return None
+
+    mdata = _read_file(source, pick)
     rna = _find_modality(mdata, args.rna_mod, RNA_MODS, "--rna-mod")
     atac = _find_modality(mdata, args.atac_mod, ATAC_MODS, "--atac-mod")
     label_key, labels = _find_column(mdata, args.label_key, LABEL_KEYS, "--label-key", (rna, atac))
     batch_key, batches = _find_column(mdata, args.batch_key, BATCH_KEYS, "--batch-key", (rna, atac))
-    rng = np.random.default_rng(args.seed)
-    if args.n_cells and mdata.n_obs > args.n_cells:
-        keep = np.sort(rng.choice(mdata.n_obs, size=args.n_cells, replace=False))
-        names = mdata.obs_names[keep]
-    else:
-        names = mdata.obs_names
+    keep = pick(mdata.n_obs)  # None where _read_file has already kept those cells
+    names = mdata.obs_names if keep is None else mdata.obs_names[keep]
     mods, used = {}, {}
     for name, source_mod, layer, option in (
         ("rna", rna, args.rna_layer, "--rna-layer"),

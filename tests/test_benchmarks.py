@@ -313,7 +313,7 @@ def test_compare_multivi_shared_takes_every_multiome_file_in_sub_folders(tmp_pat
     assert cm.shared_files(tmp_path / "absent") == []
 
 
-def test_compare_multivi_reads_genes_and_peaks_side_by_side_in_an_h5ad(tmp_path):
+def test_compare_multivi_reads_genes_and_peaks_side_by_side_in_an_h5ad(tmp_path, monkeypatch):
     """An .h5ad with both modalities' features and var["feature_types"] GEX/ATAC, counts
     in a layer and X normalised (the NeurIPS 2021 multiome file's layout), is split into
     modalities and read like a .h5mu; an .h5ad of one modality is refused with the way
@@ -343,6 +343,25 @@ def test_compare_multivi_reads_genes_and_peaks_side_by_side_in_an_h5ad(tmp_path)
     cells = data.mod["atac"].obs_names
     np.testing.assert_array_equal(data.mod["atac"].X.toarray(), atac[cells].X.toarray())
     assert (data.obs[cm.LABEL].astype(str) == source.obs.loc[data.obs_names, "cell_type"]).all()
+
+    # --n-cells: only the kept rows are loaded from the .h5ad, the same cells that the
+    # same data as a .h5mu give
+    import mvae_sc
+
+    split = mvae_sc.io.split_modalities
+    split(anndata.read_h5ad(path)).write(tmp_path / "bmmc.h5mu")
+    split_sizes = []
+    monkeypatch.setattr(
+        mvae_sc.io, "split_modalities", lambda a: split_sizes.append(a.n_obs) or split(a)
+    )
+    for suffix in (".h5ad", ".h5mu"):
+        argv = ["--dataset", str(tmp_path / f"bmmc{suffix}"), "--n-cells", "120"]
+        subset = cm.load_dataset(cm.parse_args(argv))
+        assert subset.n_obs == 120
+        if suffix == ".h5ad":
+            kept = list(subset.obs_names)
+    assert list(subset.obs_names) == kept
+    assert split_sizes == [120]  # the .h5ad's other rows were never loaded
 
     rna.write_h5ad(tmp_path / "rna_only.h5ad")
     with pytest.raises(ValueError, match="none of the columns .*feature_types"):
