@@ -111,16 +111,21 @@ ATAC_MODS = ("atac", "peaks", "accessibility", "chromatin")
 LABEL_KEYS = (
     "cell_type",
     "celltype",
+    "CellType",
     "cell_types",
     "celltype.l2",
     "celltype.l1",
+    "predicted.celltype.l2",  # Seurat's reference mapping (Azimuth)
+    "predicted.celltype.l1",
+    "seurat_annotations",  # Signac's 10x PBMC multiome vignette
     "cell.type",
+    "cell_ontology_class",
     "annotation",
     "cell_label",
     "labels",
     "label",
 )
-BATCH_KEYS = ("batch", "sample", "batch_id", "sample_id")
+BATCH_KEYS = ("batch", "sample", "batch_id", "sample_id", "donor", "donor_id")
 COUNT_LAYERS = ("counts", "raw_counts", "raw")
 DATA_SUFFIXES = (".h5mu", ".h5", ".h5ad")
 #: Words in the name of an .h5ad that holds one modality (``pbmc10k-RNA.h5ad`` beside
