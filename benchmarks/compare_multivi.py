@@ -294,7 +294,7 @@ def _read_file(source: str, pick=None):
     import mudata
 
     import mvae_sc
-    from mvae_sc.io import read_10x_multiome, split_modalities
+    from mvae_sc.io import read_multiome, split_modalities
 
     if "," in source:  # one .h5ad per modality: cells in both are the paired ones
         paths = [Path(part) for part in source.split(",")]
@@ -307,16 +307,14 @@ def _read_file(source: str, pick=None):
         with mudata.set_options(pull_on_update=False):
             return mudata.MuData({mod: anndata.read_h5ad(p) for mod, p in named.items()})
     path = Path(source)
-    if path.suffix == ".h5mu":
-        return mudata.read_h5mu(path)
-    if path.suffix == ".h5ad":
+    if path.suffix == ".h5ad" and pick is not None:
         backed = anndata.read_h5ad(path, backed="r")
-        keep = None if pick is None else pick(backed.n_obs)
+        keep = pick(backed.n_obs)
         adata = backed.to_memory() if keep is None else backed[keep].to_memory()
         backed.file.close()
         return split_modalities(adata)
-    if path.suffix == ".h5" or path.exists():
-        return read_10x_multiome(path)
+    if path.suffix in DATA_SUFFIXES or path.exists():
+        return read_multiome(path)
     if source in mvae_sc.datasets.available():
         return mvae_sc.datasets.load(source)  # the registry's cache, checksum-verified
     raise ValueError(

@@ -35,7 +35,9 @@ def _integrate(mdata, args: argparse.Namespace, out_dir: Path, *, color: list[st
 
     import mvae_sc
 
-    mvae_sc.MVAE.setup_mudata(mdata, batch_key=args.batch_key)
+    layer = getattr(args, "layer", None)
+    layers = {name: layer for name in ("rna", "atac") if name in mdata.mod and layer}
+    mvae_sc.MVAE.setup_mudata(mdata, layers=layers, batch_key=args.batch_key)
     model = mvae_sc.MVAE(mdata, n_latent=args.n_latent)
     logger.info("%s", model)
     model.train(max_epochs=args.max_epochs, seed=args.seed, enable_progress_bar=not args.quiet)
@@ -74,8 +76,10 @@ def _demo(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     import mudata
 
+    from mvae_sc.io import read_multiome
+
     mudata.set_options(pull_on_update=False)
-    mdata = mudata.read_h5mu(args.input)
+    mdata = read_multiome(args.input)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     _integrate(mdata, args, out_dir, color=[c for c in (args.color or []) if c])
@@ -102,8 +106,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-cells", type=int, default=3000, help="cells to simulate (3000)")
     demo.set_defaults(max_epochs=100)
     demo.set_defaults(func=_demo)
-    train = sub.add_parser("train", parents=[common], help="integrate an .h5mu (rna + atac)")
-    train.add_argument("input", help="an .h5mu with 'rna' and/or 'atac' raw counts")
+    train = sub.add_parser(
+        "train", parents=[common], help="integrate multiome data (.h5mu, Cell Ranger .h5, .h5ad)"
+    )
+    train.add_argument(
+        "input",
+        help="an .h5mu with 'rna' and/or 'atac' raw counts, a Cell Ranger ARC "
+        "filtered_feature_bc_matrix.h5, or an .h5ad with genes and peaks side by side "
+        "(var['feature_types'] GEX/ATAC)",
+    )
+    train.add_argument(
+        "--layer", default=None, help="the layer of raw counts (e.g. counts), if X is normalised"
+    )
     train.add_argument("--out", required=True, help="output folder")
     train.add_argument("--batch-key", default=None, help="column of mdata.obs with the batch")
     train.add_argument("--color", nargs="*", help="obs columns to colour the UMAP by")

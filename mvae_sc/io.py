@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_10x_multiome", "split_modalities"]
+__all__ = ["read_10x_multiome", "read_multiome", "split_modalities"]
 
 # ---------------------------------------------------------------------------------------
 # 10x Genomics Cell Ranger ARC reader
@@ -289,3 +289,51 @@ def split_modalities(adata: ad.AnnData, *, key: str | None = None) -> mudata.MuD
         ", ".join(f"{k} {a.n_vars}" for k, a in mods.items()),
     )
     return mdata
+
+
+def read_multiome(path: str | Path) -> mudata.MuData:
+    """Read multiome data from a file of any of the usual kinds, as a MuData.
+
+    - ``.h5mu``: read as it is (``mudata.read_h5mu``).
+    - ``.h5``: a Cell Ranger ARC ``filtered_feature_bc_matrix.h5``
+      (:func:`read_10x_multiome`).
+    - ``.h5ad``: genes and peaks side by side with a ``var`` column of their types, as the
+      NeurIPS 2021 multiome file (:func:`split_modalities`).
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    MuData with modalities ``rna`` and ``atac`` for the last two kinds; an ``.h5mu``
+    keeps its own modality names.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `path` does not exist.
+    ValueError
+        If the file is of another kind, or is not multiome data of its kind (the reader's
+        own message).
+
+    Examples
+    --------
+    >>> import mvae_sc
+    >>> mdata = mvae_sc.io.read_multiome("pbmc_granulocyte_sorted_3k_filtered_feature_bc_matrix.h5")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No such file: {str(path)!r}.")
+    if path.suffix == ".h5mu":
+        return mudata.read_h5mu(path)
+    if path.suffix == ".h5":
+        return read_10x_multiome(path)
+    if path.suffix == ".h5ad":
+        return split_modalities(ad.read_h5ad(path))
+    raise ValueError(
+        f"{str(path)!r}: expected an .h5mu, a Cell Ranger ARC .h5 or an .h5ad with genes and "
+        "peaks side by side (var['feature_types']); for one AnnData per modality build the "
+        "MuData yourself: mudata.MuData({'rna': rna_adata, 'atac': atac_adata})."
+    )

@@ -93,3 +93,32 @@ def test_train_with_a_bad_batch_key_fails_before_writing(tmp_path):
             ]
         )
     assert not (tmp_path / "out" / "integrated.h5mu").exists()
+
+
+def test_train_on_an_h5ad_of_genes_and_peaks_with_counts_in_a_layer(tmp_path):
+    """The NeurIPS 2021 layout: one .h5ad, var["feature_types"] GEX/ATAC, X normalised and
+    the raw counts in layers["counts"]. Without --layer the run stops before writing,
+    saying which layer to pass; with it, it integrates."""
+    import anndata
+    import scanpy as sc
+
+    import mvae_sc
+
+    source = mvae_sc.datasets.synthetic_multiome(
+        200, n_genes=60, n_peaks=120, frac_rna_only=0, frac_atac_only=0, seed=3
+    )
+    adata = anndata.concat([source.mod["rna"], source.mod["atac"]], axis=1, merge="first")
+    adata.var["feature_types"] = ["GEX"] * 60 + ["ATAC"] * 120
+    adata.obs["batch"] = source.obs.loc[adata.obs_names, "batch"].astype(str)
+    adata.layers["counts"] = adata.X.copy()
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    adata.write_h5ad(tmp_path / "bmmc.h5ad")
+    argv = ["train", str(tmp_path / "bmmc.h5ad"), "--out", str(tmp_path / "out"), "--quiet"]
+    argv += ["--batch-key", "batch", "--max-epochs", "2", "--n-latent", "4"]
+    with pytest.raises(ValueError, match="non-integer values.*raw counts layer"):
+        cli.main(argv)
+    assert not (tmp_path / "out" / "integrated.h5mu").exists()
+    assert cli.main([*argv, "--layer", "counts"]) == 0
+    result = md.read_h5mu(tmp_path / "out" / "integrated.h5mu")
+    assert list(result.mod) == ["rna", "atac"] and result.obsm["X_mvae"].shape == (200, 4)

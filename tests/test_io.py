@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 from _tenx import write_10x_matrix
 
-from mvae_sc.io import FEATURE_TYPE_KEYS, read_10x_multiome, split_modalities
+from mvae_sc.io import FEATURE_TYPE_KEYS, read_10x_multiome, read_multiome, split_modalities
 
 N_BARCODES, N_GENES, N_PEAKS, N_PROT = 30, 20, 40, 5
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -251,3 +251,22 @@ def test_split_modalities_says_what_is_missing() -> None:
     adata.var["kind"] = "GEX"
     with pytest.raises(ValueError, match="nothing to split"):
         split_modalities(adata, key="kind")
+
+
+def test_read_multiome_reads_each_kind_of_file(tmp_path: Path) -> None:
+    dense = write_10x_h5(tmp_path / "arc.h5")
+    from_h5 = read_multiome(tmp_path / "arc.h5")
+    np.testing.assert_array_equal(from_h5.mod["rna"].X.toarray(), dense[:, :N_GENES])
+    adata = _combined_multiome()
+    adata.write_h5ad(tmp_path / "combined.h5ad")
+    from_h5ad = read_multiome(tmp_path / "combined.h5ad")
+    np.testing.assert_array_equal(
+        from_h5ad.mod["atac"].layers["counts"].toarray(), adata.layers["counts"].toarray()[:, 5:]
+    )
+    from_h5ad.write(tmp_path / "combined.h5mu")
+    assert list(read_multiome(tmp_path / "combined.h5mu").mod) == ["rna", "atac"]
+    (tmp_path / "counts.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match="expected an .h5mu, a Cell Ranger ARC .h5 or an .h5ad"):
+        read_multiome(tmp_path / "counts.csv")
+    with pytest.raises(FileNotFoundError):
+        read_multiome(tmp_path / "absent.h5mu")
