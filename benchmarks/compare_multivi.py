@@ -23,11 +23,12 @@ ARC ``filtered_feature_bc_matrix.h5`` (:func:`mvae_sc.io.read_10x_multiome`), an
 with genes and peaks side by side and a ``var`` column of their types, as the NeurIPS
 2021 multiome file (:func:`mvae_sc.io.split_modalities`), an RNA and an ATAC ``.h5ad``
 given comma-separated (``pbmc-RNA.h5ad,pbmc-ATAC.h5ad``; ``--dataset shared`` pairs such
-files itself), or the name of a data registry card (:func:`mvae_sc.datasets.load`: its checksummed cache, else a
-download). What the command line does not name is looked up: the modalities (``rna``,
-``gex``, ... and ``atac``, ``peaks``, ..., any case), the raw counts (X when it holds whole
-numbers, else a ``counts`` layer; normalised data are refused with the option to pass),
-the cell types (``cell_type``, ``celltype``, ...; without them the label rows are n/a)
+files itself), or the name of a data registry card (:func:`mvae_sc.datasets.load`: its
+checksummed cache, else a download). What the command line does not name is looked up:
+the modalities (``rna``, ``gex``, ... and ``atac``, ``peaks``, ..., any case), the raw
+counts (X when it holds whole numbers, else a ``counts`` layer; normalised data are
+refused with the option to pass), the cell types (``cell_type``, ``celltype``,
+``seurat_annotations``, ...; without them the label rows are n/a)
 and the batches (``batch``, ``sample``, ...; without them, one batch); what was used is
 recorded in the report. The script keeps at most ``--n-cells`` cells (random, seeded; 0
 keeps all), makes repeated feature names unique (``var_names_make_unique``), drops
