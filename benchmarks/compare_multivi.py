@@ -130,10 +130,11 @@ BATCH_KEYS = ("batch", "sample", "batch_id", "sample_id", "donor", "donor_id")
 COUNT_LAYERS = ("counts", "raw_counts", "raw")
 DATA_SUFFIXES = (".h5mu", ".h5", ".h5ad")
 #: Words in the name of an .h5ad that holds one modality (``pbmc10k-RNA.h5ad`` beside
-#: ``pbmc10k-ATAC.h5ad``, as GLUE's and many tutorials' files are shared).
+#: ``pbmc10k-ATAC.h5ad``, as GLUE's and many tutorials' files are shared): the one-word
+#: names of the modalities above.
 FILE_MODALITY_WORDS = {
-    "rna": ("rna", "gex", "expression"),
-    "atac": ("atac", "peaks", "accessibility", "chromatin"),
+    mod: tuple(name for name in names if " " not in name)
+    for mod, names in (("rna", RNA_MODS), ("atac", ATAC_MODS))
 }
 NO_KEY = "none"
 
