@@ -517,6 +517,8 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
 
     mvae_sc.MVAE.setup_mudata(mdata, batch_key=BATCH if mdata.obs[BATCH].nunique() > 1 else None)
     options = {} if args.adversary_weight is None else {"adversary_weight": args.adversary_weight}
+    if args.alignment_weight is not None:
+        options["alignment_weight"] = args.alignment_weight
     model = mvae_sc.MVAE(
         mdata, n_latent=N_LATENT, n_hidden=N_HIDDEN, seed=_model_seed(args), **options
     )
@@ -555,6 +557,7 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
                 model.module.adversary_weight if model.module.discriminator is not None else None
             ),
             "adversary_balance": model.adversary_weights is not None,
+            "alignment_weight": model.module.alignment_weight,
             "weight_averaging": not args.no_weight_averaging,
             "early_stopping": "validation ELBO, patience 20, best weights restored",
             "imputation": "impute(target): decoded from the modalities each cell has; "
@@ -769,6 +772,7 @@ def _child_command(args: argparse.Namespace, method: str, out: str) -> list[str]
         ("--atac-mod", args.atac_mod),
         ("--model-seed", args.model_seed),
         ("--adversary-weight", args.adversary_weight),
+        ("--alignment-weight", args.alignment_weight),
         ("--max-epochs", args.max_epochs),
         ("--multivi-max-epochs", args.multivi_max_epochs),
         ("--rna-layer", args.rna_layer),
@@ -1385,6 +1389,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="mvae_sc's MVAE(adversary_weight=...) (default: the library's), to study how "
         "much batch mixing the adversary buys",
+    )
+    parser.add_argument(
+        "--alignment-weight",
+        type=float,
+        default=None,
+        help="mvae_sc's MVAE(alignment_weight=...) (default: the library's): weight of the "
+        "symmetric KL between the single-modality posteriors of paired cells",
     )
     parser.add_argument(
         "--adversary-balance",

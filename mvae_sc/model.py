@@ -225,6 +225,15 @@ class MVAE:
         epochs, against 78) and held-out balanced accuracy on the synthetic outcome
         sets was lower by 0.009 on average over 12 paired runs, 8 of them lower
         (``benchmarks/classification_weight.py``).
+    alignment_weight
+        Weight of a penalty on paired cells whose modalities' posteriors disagree: the
+        symmetric KL divergence between the single-modality posteriors of each pair of
+        a cell's modalities (each expert times the prior), added to the training loss
+        times this weight and the KL weight (so it warms up with the KL; not part of the
+        ELBO). MultiVI's modality penalty is the same idea. 0 (off) by default: the
+        objective already decodes every modality from each single-modality posterior of
+        paired cells, and the penalty trades other rows for alignment (README, "Any
+        modality, any fusion"). ``history["train_alignment"]`` records it.
     seed
         Seed of the weight initialisation (the global torch RNG is left untouched).
 
@@ -251,6 +260,7 @@ class MVAE:
         adversarial_batch: bool | None = None,
         adversary_weight: float = 10.0,
         classification_weight: float = 10.0,
+        alignment_weight: float = 0.0,
         seed: int = 0,
     ):
         if fusion not in FUSIONS:
@@ -267,6 +277,7 @@ class MVAE:
         for name, value in {
             "adversary_weight": adversary_weight,
             "classification_weight": classification_weight,
+            "alignment_weight": alignment_weight,
         }.items():
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
@@ -303,6 +314,7 @@ class MVAE:
             "adversarial_batch": adversarial_batch,
             "adversary_weight": adversary_weight,
             "classification_weight": classification_weight,
+            "alignment_weight": alignment_weight,
             "hidden_widths": {
                 name: hidden_widths.get(name, modality_width(len(self.var_names[name]), n_hidden))
                 for name in self.registry.modalities
@@ -1225,6 +1237,7 @@ def _build_module(
         n_label_outputs=registry.n_label_outputs,
         label_type=registry.label_type,
         classification_weight=params.get("classification_weight", 0.0),
+        alignment_weight=params.get("alignment_weight", 0.0),
         **architecture,
     )
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mvae_sc.nn.module import MVAEModule, mixture_kl_sample
+from mvae_sc.nn import fusion as fu
+from mvae_sc.nn.module import MVAEModule, mixture_kl_sample, symmetric_kl
 
 B = 6
 
@@ -193,6 +194,27 @@ def test_poe_objective_is_joint_plus_single_expert_elbos():
     # an RNA-only cell's joint posterior is its RNA expert times the prior
     var = logvar[0, 2].exp()
     torch.testing.assert_close(post.mu[0, 2], mu[0, 2] / (1 + var))
+
+
+def test_alignment_term_is_the_symmetric_kl_of_paired_cells_experts():
+    module = _module()
+    batch = _batch()
+    torch.manual_seed(1)
+    plain = module.loss(batch, kl_weight=0.5)
+    module.alignment_weight = 3.0
+    torch.manual_seed(1)  # the same z samples
+    aligned = module.loss(batch, kl_weight=0.5)
+    mu, logvar, presence = module.encode(batch)
+    single_mu, single_logvar = fu.single_expert_posteriors(mu, logvar, presence)
+    per_cell = symmetric_kl(single_mu[0], single_logvar[0], single_mu[1], single_logvar[1])
+    # only the two paired cells (of six) have two experts to align
+    expected = per_cell[:2].sum() / B
+    assert expected > 0
+    torch.testing.assert_close(aligned["alignment"], expected)
+    # weighted like the KL term: times the KL weight
+    torch.testing.assert_close(aligned["loss"], plain["loss"] + 0.5 * 3.0 * expected)
+    torch.testing.assert_close(aligned["elbo"], plain["elbo"])  # a penalty, not in the ELBO
+    assert "alignment" not in plain
 
 
 def test_sampled_estimate_is_unbiased():

@@ -126,6 +126,9 @@ class MVAEModule(nn.Module):
         value (``"continuous"``, standardised); 0 for none. Its loss (cross-entropy or
         half squared error, averaged over labelled cells) enters the objective times
         ``classification_weight``.
+    alignment_weight
+        Weight (times the KL weight) of a penalty on how far apart the single-expert
+        posteriors of a cell's modalities lie; 0 for none (see :meth:`loss`).
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class MVAEModule(nn.Module):
         n_label_outputs: int = 0,
         label_type: str | None = None,
         classification_weight: float = 0.0,
+        alignment_weight: float = 0.0,
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -196,6 +200,7 @@ class MVAEModule(nn.Module):
         self.register_buffer(
             "latent_calibration", identity_calibration(2 ** len(modalities), n_latent)
         )
+        self.alignment_weight = alignment_weight
         self.label_type = label_type
         self.classification_weight = classification_weight
         self.classifier = _head(n_latent, n_label_outputs, n_hidden) if n_label_outputs else None
@@ -330,26 +335,33 @@ class MVAEModule(nn.Module):
         pairs ``(B,)``.
         """
         mu, logvar, presence = self.encode(batch)
-        single_mu, single_logvar = fu.single_expert_posteriors(mu, logvar, presence)
+        if measure != "cross_likelihood":
+            return self._expert_disagreement(mu, logvar, presence)
+        single_mu, _ = fu.single_expert_posteriors(mu, logvar, presence)
         names = self.modality_names
-        if measure == "cross_likelihood":
-            # recon[a][name]: log p(x_name | mean of q_a), per cell
-            recon = [self.reconstruction(single_mu[a], batch) for a in range(len(names))]
-            per_feature = {n: batch["x"][n].shape[-1] for n in names}
-        total = torch.zeros_like(mu[0, :, 0])
-        n_pairs = torch.zeros_like(total)
-        for a, b in itertools.combinations(range(len(names)), 2):
-            both = presence[a] & presence[b]
-            if measure == "cross_likelihood":
-                name_a, name_b = names[a], names[b]
-                score = (recon[b][name_b] - recon[a][name_b]) / per_feature[name_b] + (
-                    recon[a][name_a] - recon[b][name_a]
-                ) / per_feature[name_a]
-            else:
-                score = symmetric_kl(single_mu[a], single_logvar[a], single_mu[b], single_logvar[b])
-            total = total + torch.where(both, score, torch.zeros_like(score))
-            n_pairs = n_pairs + both.to(total.dtype)
-        return total, n_pairs
+        # recon[a][name]: log p(x_name | mean of q_a), per cell
+        recon = [self.reconstruction(single_mu[a], batch) for a in range(len(names))]
+
+        def score(a: int, b: int) -> torch.Tensor:
+            name_a, name_b = names[a], names[b]
+            return (recon[b][name_b] - recon[a][name_b]) / batch["x"][name_b].shape[-1] + (
+                recon[a][name_a] - recon[b][name_a]
+            ) / batch["x"][name_a].shape[-1]
+
+        return _sum_over_pairs(presence, score)
+
+    def _expert_disagreement(
+        self, mu: torch.Tensor, logvar: torch.Tensor, presence: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Symmetric KL between the single-expert posteriors of each pair of a cell's
+        modalities, summed over pairs ``(B,)``, and the number of pairs ``(B,)``."""
+        single_mu, single_logvar = fu.single_expert_posteriors(mu, logvar, presence)
+        return _sum_over_pairs(
+            presence,
+            lambda a, b: symmetric_kl(
+                single_mu[a], single_logvar[a], single_mu[b], single_logvar[b]
+            ),
+        )
 
     # ---- generative + loss -------------------------------------------------------------
     def reconstruction(
@@ -392,6 +404,10 @@ class MVAEModule(nn.Module):
             A minibatch dict.
         kl_weight
             Weight of the KL term in ``loss`` (KL warm-up); ``elbo`` always uses 1.
+            With ``alignment_weight > 0``, ``kl_weight * alignment_weight`` times the
+            alignment penalty (the symmetric KL between the single-expert posteriors of
+            each pair of a cell's modalities, summed over pairs, averaged over cells) is
+            added to ``loss``.
         stratified
             True: one z per available component, the exact weighted sum (K decoder
             passes). False: an unbiased estimate of the same objective with fewer
@@ -409,7 +425,8 @@ class MVAEModule(nn.Module):
         ``loss`` (what is minimised), ``elbo``, ``kl``, and ``reconstruction_<mod>``
         (per-cell means); with a supervised head ``classification_loss`` (and
         ``classification_accuracy`` for classes), with a discriminator
-        ``discriminator_loss`` and ``discriminator_accuracy``. The heads see every z the
+        ``discriminator_loss`` and ``discriminator_accuracy``, with
+        ``alignment_weight > 0`` ``alignment`` (the penalty, unweighted). The heads see every z the
         ELBO decodes, weighted like its terms.
         """
         mu, logvar, presence = self.encode(batch)
@@ -463,6 +480,12 @@ class MVAEModule(nn.Module):
         elbo = total_recon - total_kl
         loss = -(total_recon - kl_weight * total_kl)
         out = {"loss": loss.mean(), "elbo": elbo.mean(), "kl": total_kl.mean()}
+        if self.alignment_weight > 0 and len(self.modality_names) > 1:
+            disagreement, _ = self._expert_disagreement(mu, logvar, presence)
+            out["alignment"] = disagreement.mean()
+            # a divergence between posteriors, weighted like the KL term (and warmed up
+            # with it: early on, sharp posteriors make it large enough to erase z)
+            out["loss"] = out["loss"] + kl_weight * self.alignment_weight * out["alignment"]
         out.update({f"reconstruction_{n}": v.mean() for n, v in recon_parts.items()})
         # the heads on z are small: float32 also under mixed precision
         with torch.autocast(mu.device.type, enabled=False):
@@ -594,6 +617,19 @@ def _on_present_rows(present: torch.Tensor, fn, *inputs):
         return full.index_put((rows,), part)
 
     return tuple(scatter(r) for r in result) if isinstance(result, tuple) else scatter(result)
+
+
+def _sum_over_pairs(presence: torch.Tensor, score) -> tuple[torch.Tensor, torch.Tensor]:
+    """``score(a, b)`` ``(B,)`` summed over the pairs of modalities a < b each cell has
+    (``presence`` ``(M, B)``), and the number of such pairs; both ``(B,)``."""
+    total = torch.zeros(presence.shape[1], device=presence.device)
+    n_pairs = torch.zeros_like(total)
+    for a, b in itertools.combinations(range(presence.shape[0]), 2):
+        both = presence[a] & presence[b]
+        value = score(a, b)
+        total = total + torch.where(both, value, torch.zeros_like(value))
+        n_pairs = n_pairs + both.to(total.dtype)
+    return total, n_pairs
 
 
 def _term_average(sampled: list, value) -> torch.Tensor:
