@@ -426,8 +426,8 @@ class MVAEModule(nn.Module):
         (per-cell means); with a supervised head ``classification_loss`` (and
         ``classification_accuracy`` for classes), with a discriminator
         ``discriminator_loss`` and ``discriminator_accuracy``, with
-        ``alignment_weight > 0`` ``alignment`` (the penalty, unweighted). The heads see every z the
-        ELBO decodes, weighted like its terms.
+        ``alignment_weight > 0`` ``alignment`` (the penalty, unweighted). The heads see
+        every z the ELBO decodes, weighted like its terms.
         """
         mu, logvar, presence = self.encode(batch)
         post = self.posterior(mu, logvar, presence)
