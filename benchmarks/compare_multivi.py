@@ -519,6 +519,8 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
     options = {} if args.adversary_weight is None else {"adversary_weight": args.adversary_weight}
     if args.alignment_weight is not None:
         options["alignment_weight"] = args.alignment_weight
+    if args.alignment_measure is not None:
+        options["alignment_measure"] = args.alignment_measure
     model = mvae_sc.MVAE(
         mdata, n_latent=N_LATENT, n_hidden=N_HIDDEN, seed=_model_seed(args), **options
     )
@@ -558,6 +560,7 @@ def train_mvae_sc(mdata, args: argparse.Namespace) -> tuple[dict, dict]:
             ),
             "adversary_balance": model.adversary_weights is not None,
             "alignment_weight": model.module.alignment_weight,
+            "alignment_measure": model.module.alignment_measure,
             "weight_averaging": not args.no_weight_averaging,
             "early_stopping": "validation ELBO, patience 20, best weights restored",
             "imputation": "impute(target): decoded from the modalities each cell has; "
@@ -773,6 +776,7 @@ def _child_command(args: argparse.Namespace, method: str, out: str) -> list[str]
         ("--model-seed", args.model_seed),
         ("--adversary-weight", args.adversary_weight),
         ("--alignment-weight", args.alignment_weight),
+        ("--alignment-measure", args.alignment_measure),
         ("--max-epochs", args.max_epochs),
         ("--multivi-max-epochs", args.multivi_max_epochs),
         ("--rna-layer", args.rna_layer),
@@ -1396,6 +1400,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="mvae_sc's MVAE(alignment_weight=...) (default: the library's): weight of the "
         "symmetric KL between the single-modality posteriors of paired cells",
+    )
+    parser.add_argument(
+        "--alignment-measure",
+        choices=("symmetric_kl", "mean_distance"),
+        default=None,
+        help="mvae_sc's MVAE(alignment_measure=...) (default: the library's): what the "
+        "alignment penalty measures",
     )
     parser.add_argument(
         "--adversary-balance",

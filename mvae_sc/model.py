@@ -19,7 +19,13 @@ from . import model_files
 from .data.loader import CellData, device_minibatches, iterate_chunks
 from .data.registry import UNS_KEY, Registry, build_registry
 from .nn.fusion import poe_weights
-from .nn.module import DISAGREEMENT_MEASURES, FUSIONS, MVAEModule, modality_width
+from .nn.module import (
+    ALIGNMENT_MEASURES,
+    DISAGREEMENT_MEASURES,
+    FUSIONS,
+    MVAEModule,
+    modality_width,
+)
 from .train import (
     CALIBRATION_CELLS_PER_DIM,
     HistoryCallback,
@@ -234,6 +240,10 @@ class MVAE:
         objective already decodes every modality from each single-modality posterior of
         paired cells, and the penalty trades other rows for alignment (README, "Any
         modality, any fusion"). ``history["train_alignment"]`` records it.
+    alignment_measure
+        What the alignment penalty measures: ``"symmetric_kl"`` (default) or
+        ``"mean_distance"``, half the squared Euclidean distance between the
+        single-modality posterior means (it leaves their variances alone).
     seed
         Seed of the weight initialisation (the global torch RNG is left untouched).
 
@@ -261,10 +271,15 @@ class MVAE:
         adversary_weight: float = 10.0,
         classification_weight: float = 10.0,
         alignment_weight: float = 0.0,
+        alignment_measure: str = "symmetric_kl",
         seed: int = 0,
     ):
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}.")
+        if alignment_measure not in ALIGNMENT_MEASURES:
+            raise ValueError(
+                f"alignment_measure must be one of {ALIGNMENT_MEASURES}, got {alignment_measure!r}."
+            )
         for name, value in {
             "n_latent": n_latent,
             "n_hidden": n_hidden,
@@ -315,6 +330,7 @@ class MVAE:
             "adversary_weight": adversary_weight,
             "classification_weight": classification_weight,
             "alignment_weight": alignment_weight,
+            "alignment_measure": alignment_measure,
             "hidden_widths": {
                 name: hidden_widths.get(name, modality_width(len(self.var_names[name]), n_hidden))
                 for name in self.registry.modalities
@@ -1238,6 +1254,7 @@ def _build_module(
         label_type=registry.label_type,
         classification_weight=params.get("classification_weight", 0.0),
         alignment_weight=params.get("alignment_weight", 0.0),
+        alignment_measure=params.get("alignment_measure", "symmetric_kl"),
         **architecture,
     )
 

@@ -74,10 +74,11 @@ def test_compare_multivi_smoke(tmp_path):
 
 def test_compare_multivi_one_method_and_model_seed(tmp_path):
     """--methods runs only those methods (mvae_sc needs no scvi-tools); --model-seed
-    reaches the children and changes the models' seed, not the data; --adversary-weight
-    and --alignment-weight reach mvae_sc's model and its report."""
+    reaches the children and changes the models' seed, not the data; --adversary-weight,
+    --alignment-weight and --alignment-measure reach mvae_sc's model and its report."""
     command = [sys.executable, str(SCRIPT), "--smoke", "--methods", "mvae_sc"]
     command += ["--model-seed", "3", "--adversary-weight", "20", "--alignment-weight", "0.5"]
+    command += ["--alignment-measure", "mean_distance"]
     command += ["--out-dir", str(tmp_path)]
     _run(command)
     stem = "compare_multivi_synthetic_n600_smoke"
@@ -86,13 +87,14 @@ def test_compare_multivi_one_method_and_model_seed(tmp_path):
     assert report["model_seed"] == 3 and set(report["methods"]) == {"mvae_sc"}
     assert report["methods"]["mvae_sc"]["settings"]["adversary_weight"] == 20.0
     assert report["methods"]["mvae_sc"]["settings"]["alignment_weight"] == 0.5
+    assert report["methods"]["mvae_sc"]["settings"]["alignment_measure"] == "mean_distance"
 
     cm = _compare_multivi()
     args = cm.parse_args(["--smoke", "--model-seed", "3"])
     child = cm._child_command(args, "mvae_sc", "out")
     assert child[child.index("--model-seed") + 1] == "3" and cm._model_seed(args) == 3
     assert "--adversary-weight" not in child  # the library's default unless asked
-    assert "--alignment-weight" not in child
+    assert "--alignment-weight" not in child and "--alignment-measure" not in child
     child = cm._child_command(cm.parse_args(["--adversary-weight", "20"]), "mvae_sc", "out")
     assert child[child.index("--adversary-weight") + 1] == "20.0"
     assert cm._model_seed(cm.parse_args(["--seed", "5"])) == 5  # default: --seed

@@ -217,6 +217,23 @@ def test_alignment_term_is_the_symmetric_kl_of_paired_cells_experts():
     assert "alignment" not in plain
 
 
+def test_mean_distance_alignment_is_half_the_squared_distance_of_the_experts_means():
+    module = _module()
+    module.alignment_weight, module.alignment_measure = 2.0, "mean_distance"
+    batch = _batch()
+    mu, logvar, presence = module.encode(batch)
+    single_mu, _ = fu.single_expert_posteriors(mu, logvar, presence)
+    per_cell = 0.5 * (single_mu[0] - single_mu[1]).pow(2).sum(-1)
+    expected = per_cell[:2].sum() / B  # the two paired cells of six
+    assert expected > 0
+    torch.testing.assert_close(module.loss(batch, kl_weight=0.25)["alignment"], expected)
+    # it differs from the symmetric KL of the same posteriors (variances left out)
+    module.alignment_measure = "symmetric_kl"
+    assert not torch.isclose(module.loss(batch)["alignment"], expected)
+    with pytest.raises(ValueError, match="alignment_measure must be one of"):
+        MVAEModule({"rna": (12, "nb")}, alignment_measure="means")
+
+
 def test_sampled_estimate_is_unbiased():
     module = _module()
     batch = _batch()

@@ -41,6 +41,8 @@ from .experts import MLP, Decoder, Encoder
 
 FUSIONS = ("poe", "moe", "mopoe")
 DISAGREEMENT_MEASURES = ("cross_likelihood", "symmetric_kl")
+# what the alignment penalty measures between two single-expert posteriors of a cell
+ALIGNMENT_MEASURES = ("symmetric_kl", "mean_distance")
 
 
 @dataclass
@@ -126,9 +128,11 @@ class MVAEModule(nn.Module):
         value (``"continuous"``, standardised); 0 for none. Its loss (cross-entropy or
         half squared error, averaged over labelled cells) enters the objective times
         ``classification_weight``.
-    alignment_weight
+    alignment_weight, alignment_measure
         Weight (times the KL weight) of a penalty on how far apart the single-expert
-        posteriors of a cell's modalities lie; 0 for none (see :meth:`loss`).
+        posteriors of a cell's modalities lie, 0 for none, and what it measures: their
+        symmetric KL divergence (``"symmetric_kl"``) or half the squared distance of
+        their means (``"mean_distance"``); see :meth:`loss`.
     """
 
     def __init__(
@@ -149,10 +153,15 @@ class MVAEModule(nn.Module):
         label_type: str | None = None,
         classification_weight: float = 0.0,
         alignment_weight: float = 0.0,
+        alignment_measure: str = "symmetric_kl",
     ):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}.")
+        if alignment_measure not in ALIGNMENT_MEASURES:
+            raise ValueError(
+                f"alignment_measure must be one of {ALIGNMENT_MEASURES}, got {alignment_measure!r}."
+            )
         self.modality_names = list(modalities)
         self.likelihoods = {name: lk for name, (_, lk) in modalities.items()}
         self.n_latent = n_latent
@@ -201,6 +210,7 @@ class MVAEModule(nn.Module):
             "latent_calibration", identity_calibration(2 ** len(modalities), n_latent)
         )
         self.alignment_weight = alignment_weight
+        self.alignment_measure = alignment_measure
         self.label_type = label_type
         self.classification_weight = classification_weight
         self.classifier = _head(n_latent, n_label_outputs, n_hidden) if n_label_outputs else None
@@ -351,11 +361,21 @@ class MVAEModule(nn.Module):
         return _sum_over_pairs(presence, score)
 
     def _expert_disagreement(
-        self, mu: torch.Tensor, logvar: torch.Tensor, presence: torch.Tensor
+        self,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        presence: torch.Tensor,
+        measure: str = "symmetric_kl",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Symmetric KL between the single-expert posteriors of each pair of a cell's
-        modalities, summed over pairs ``(B,)``, and the number of pairs ``(B,)``."""
+        """How far apart the single-expert posteriors of each pair of a cell's
+        modalities lie, summed over pairs ``(B,)``, and the number of pairs ``(B,)``:
+        their symmetric KL (``measure="symmetric_kl"``) or half the squared distance of
+        their means (``"mean_distance"``)."""
         single_mu, single_logvar = fu.single_expert_posteriors(mu, logvar, presence)
+        if measure == "mean_distance":
+            return _sum_over_pairs(
+                presence, lambda a, b: 0.5 * (single_mu[a] - single_mu[b]).pow(2).sum(-1)
+            )
         return _sum_over_pairs(
             presence,
             lambda a, b: symmetric_kl(
@@ -405,9 +425,9 @@ class MVAEModule(nn.Module):
         kl_weight
             Weight of the KL term in ``loss`` (KL warm-up); ``elbo`` always uses 1.
             With ``alignment_weight > 0``, ``kl_weight * alignment_weight`` times the
-            alignment penalty (the symmetric KL between the single-expert posteriors of
-            each pair of a cell's modalities, summed over pairs, averaged over cells) is
-            added to ``loss``.
+            alignment penalty (the ``alignment_measure`` between the single-expert
+            posteriors of each pair of a cell's modalities, summed over pairs, averaged
+            over cells) is added to ``loss``.
         stratified
             True: one z per available component, the exact weighted sum (K decoder
             passes). False: an unbiased estimate of the same objective with fewer
@@ -481,7 +501,9 @@ class MVAEModule(nn.Module):
         loss = -(total_recon - kl_weight * total_kl)
         out = {"loss": loss.mean(), "elbo": elbo.mean(), "kl": total_kl.mean()}
         if self.alignment_weight > 0 and len(self.modality_names) > 1:
-            disagreement, _ = self._expert_disagreement(mu, logvar, presence)
+            disagreement, _ = self._expert_disagreement(
+                mu, logvar, presence, self.alignment_measure
+            )
             out["alignment"] = disagreement.mean()
             # a divergence between posteriors, weighted like the KL term (and warmed up
             # with it: early on, sharp posteriors make it large enough to erase z)
