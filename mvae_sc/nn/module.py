@@ -372,16 +372,13 @@ class MVAEModule(nn.Module):
         their symmetric KL (``measure="symmetric_kl"``) or half the squared distance of
         their means (``"mean_distance"``)."""
         single_mu, single_logvar = fu.single_expert_posteriors(mu, logvar, presence)
-        if measure == "mean_distance":
-            return _sum_over_pairs(
-                presence, lambda a, b: 0.5 * (single_mu[a] - single_mu[b]).pow(2).sum(-1)
-            )
-        return _sum_over_pairs(
-            presence,
-            lambda a, b: symmetric_kl(
-                single_mu[a], single_logvar[a], single_mu[b], single_logvar[b]
-            ),
-        )
+
+        def score(a: int, b: int) -> torch.Tensor:
+            if measure == "mean_distance":
+                return 0.5 * (single_mu[a] - single_mu[b]).pow(2).sum(-1)
+            return symmetric_kl(single_mu[a], single_logvar[a], single_mu[b], single_logvar[b])
+
+        return _sum_over_pairs(presence, score)
 
     # ---- generative + loss -------------------------------------------------------------
     def reconstruction(
