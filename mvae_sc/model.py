@@ -232,9 +232,10 @@ class MVAE:
         sets was lower by 0.009 on average over 12 paired runs, 8 of them lower
         (``benchmarks/classification_weight.py``).
     alignment_weight
-        Weight of a penalty on paired cells whose modalities' posteriors disagree: the
-        symmetric KL divergence between the single-modality posteriors of each pair of
-        a cell's modalities (each expert times the prior), added to the training loss
+        Weight of a penalty on paired cells whose modalities' posteriors disagree: by
+        default the symmetric KL divergence between the single-modality posteriors of
+        each pair of a cell's modalities (each expert times the prior; see
+        ``alignment_measure``), added to the training loss
         times this weight and the KL weight (so it warms up with the KL; not part of the
         ELBO). MultiVI's modality penalty is the same idea. 0 (off) by default: the
         objective already decodes every modality from each single-modality posterior of
