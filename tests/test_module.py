@@ -234,6 +234,21 @@ def test_mean_distance_alignment_is_half_the_squared_distance_of_the_experts_mea
         MVAEModule({"rna": (12, "nb")}, alignment_measure="means")
 
 
+def test_mean_distance_alignment_moves_the_experts_means_not_their_variances():
+    """The mean distance sends no gradient to the experts' log-variances (what their
+    PoE weights follow), the symmetric KL does; both move the means."""
+    module = _module()
+    mu, logvar, presence = module.encode(_batch())
+    for measure, moves_variances in (("mean_distance", False), ("symmetric_kl", True)):
+        mu_leaf = mu.detach().requires_grad_()
+        logvar_leaf = logvar.detach().requires_grad_()
+        total, _ = module._expert_disagreement(mu_leaf, logvar_leaf, presence, measure)
+        total.sum().backward()
+        assert mu_leaf.grad.abs().sum() > 0, measure
+        moved = logvar_leaf.grad is not None and bool(logvar_leaf.grad.abs().sum() > 0)
+        assert moved == moves_variances, measure
+
+
 def test_sampled_estimate_is_unbiased():
     module = _module()
     batch = _batch()

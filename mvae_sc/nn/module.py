@@ -370,7 +370,13 @@ class MVAEModule(nn.Module):
         """How far apart the single-expert posteriors of each pair of a cell's
         modalities lie, summed over pairs ``(B,)``, and the number of pairs ``(B,)``:
         their symmetric KL (``measure="symmetric_kl"``) or half the squared distance of
-        their means (``"mean_distance"``)."""
+        their means (``"mean_distance"``). The mean distance passes no gradient to the
+        experts' variances: it moves where the experts put a cell, not how sure they are
+        (what their PoE weights follow; a penalty that could shrink or sharpen an expert
+        to move its posterior mean kept a noisy sensor's weight from falling with its
+        noise, and within-type variation out of z: README, "Any modality, any fusion")."""
+        if measure == "mean_distance":
+            logvar = logvar.detach()
         single_mu, single_logvar = fu.single_expert_posteriors(mu, logvar, presence)
 
         def score(a: int, b: int) -> torch.Tensor:
