@@ -1399,7 +1399,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help="mvae_sc's MVAE(alignment_weight=...) (default: the library's): weight of the "
-        "symmetric KL between the single-modality posteriors of paired cells",
+        "penalty on how far apart the single-modality posteriors of paired cells lie",
     )
     parser.add_argument(
         "--alignment-measure",

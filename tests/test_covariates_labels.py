@@ -160,7 +160,9 @@ def test_adversary_gradients_train_each_side_only(mdata):
     # validation: scored, not part of the loss
     val = module.loss(batch, adversary_scale=None)
     assert float(val["adversary_loss"]) == 0.0
-    torch.testing.assert_close(val["loss"], -val["elbo"], rtol=1e-5, atol=1e-3)
+    # the loss is the negative ELBO plus the alignment penalty (kl_weight 1 here)
+    penalty = module.alignment_weight * val["alignment"]
+    torch.testing.assert_close(val["loss"], -val["elbo"] + penalty, rtol=1e-5, atol=1e-3)
 
 
 def test_batch_prior_learns_how_often_each_batch_comes_with_each_set_of_experts(mdata):
@@ -238,7 +240,12 @@ def test_classification_loss_uses_labelled_cells_only(mdata):
     changed = module.loss(batch)
     assert not torch.isclose(out["classification_loss"], changed["classification_loss"])
     torch.testing.assert_close(
-        out["loss"], -out["elbo"] + 2.0 * out["classification_loss"], rtol=1e-5, atol=1e-3
+        out["loss"],
+        -out["elbo"]
+        + 2.0 * out["classification_loss"]
+        + module.alignment_weight * out["alignment"],
+        rtol=1e-5,
+        atol=1e-3,
     )
 
 

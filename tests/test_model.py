@@ -119,8 +119,10 @@ def test_partial_posteriors_are_mapped_towards_the_joint(trained_mosaic, tmp_pat
         before[name] = ((unmapped - joint) ** 2).sum(1).mean()
         after[name] = ((held_out - joint) ** 2).sum(1).mean()
         assert after[name] < before[name], (name, after, before)
-    # seed 0: 0.50 against 0.52 from RNA, 0.34 against 0.44 from ATAC
-    assert sum(after.values()) < 0.92 * sum(before.values()), (after, before)
+    # seed 0: 0.116 against 0.120 from RNA, 0.124 against 0.130 from ATAC (0.96 x). The
+    # default alignment penalty already brings each modality's latent near the joint one
+    # (without it: 0.52 from RNA, 0.44 from ATAC, and the maps took off 14 %).
+    assert sum(after.values()) < 0.98 * sum(before.values()), (after, before)
 
     few = CALIBRATION_CELLS_PER_DIM * (model.module.n_latent + 1) - 1
     sparse = mdata[np.r_[names[paired][:few], names[~paired]]].copy()
@@ -352,7 +354,9 @@ def test_default_objective_keeps_weak_continuous_variation():
     """With the old objective (KL weight 1, no adversary) the continuous within-type
     factors largely collapse out of z on this set; the defaults (KL weight 0.25, the
     adversary on with two batches) keep them. A KL weight that is not applied fails
-    this."""
+    this. Measured (seed 4): 0.546 with the defaults, 0.655 without the alignment penalty
+    (on by default since 2026-12-08), 0.444 with that penalty free to move the experts'
+    variances (README, "Any modality, any fusion")."""
     r2 = {}
     for name, model_kwargs, train_kwargs in [
         ("old", {"adversarial_batch": False}, {"max_kl_weight": 1.0}),
